@@ -1,0 +1,305 @@
+"""Latent diffusion: text -> classifier-free-guided denoising -> VAE decode; img2img, inpaint, video.
+
+The in-repo denoisers are rectified-flow models (x_t = (1 - t) x0 + t eps). Every sampler runs
+on them: flow samplers directly, the k-diffusion-style ones through the change of variables
+x_ve = x_t / (1 - t), sigma = t / (1 - t), under which x_ve = x0 + sigma eps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from lanterna.engines import samplers, schedules
+from lanterna.engines.base import CancelFlag, StepCallback
+from lanterna.engines.nets.text import ShapesCLIP, ShapesTokenizer
+from lanterna.engines.nets.vae import AutoencoderKL
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+VE_SIGMA_MAX = 500.0  # stands for t = 1; x0's share of the initial state is then 1/500
+KARRAS_SIGMA_RANGE = (0.02, 80.0)  # EDM's sigma_max; sigma_min near the last flow step
+
+
+@dataclass
+class TextCondition:
+    context: torch.Tensor  # B x L x D
+    mask: torch.Tensor  # B x L bool
+    pooled: torch.Tensor  # B x D
+    unknown_words: list[list[str]]
+    truncated: list[bool]
+
+    def repeat(self, n: int) -> "TextCondition":
+        return TextCondition(
+            self.context.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0),
+            self.pooled.repeat_interleave(n, 0), self.unknown_words * n, self.truncated * n,
+        )
+
+
+@dataclass
+class SamplingOptions:
+    steps: int
+    guidance: float
+    sampler: str
+    shift: float = 1.0
+
+
+def check_options(options: SamplingOptions) -> None:
+    if not isinstance(options.steps, int) or options.steps < 1:
+        raise ValueError(f"steps: must be an integer >= 1, got {options.steps!r}")
+    if not math.isfinite(options.guidance) or options.guidance < 0:
+        raise ValueError(f"guidance: must be a finite number >= 0, got {options.guidance!r}")
+    samplers.get_sampler(options.sampler)  # raises with the allowed names
+
+
+def pil_to_pixels(images: list[Image.Image], size: tuple[int, int]) -> torch.Tensor:
+    """PIL images -> B x 3 x H x W in [-1, 1]; every image must already have `size` (w, h)."""
+    arrays = []
+    for i, image in enumerate(images):
+        if image.size != size:
+            raise ValueError(f"image {i}: size {image.size} does not match the requested {size}")
+        arrays.append(np.asarray(image.convert("RGB"), dtype=np.float32))
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return x / 127.5 - 1.0
+
+
+def pixels_to_pil(x: torch.Tensor) -> list[Image.Image]:
+    x8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in x8]
+
+
+def check_finite(x: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(x).all():
+        raise FloatingPointError(f"the model produced NaN or Inf values in the {what}")
+
+
+class LatentDiffusionPipeline:
+    def __init__(self, denoiser: nn.Module, vae: AutoencoderKL, clip: ShapesCLIP,
+                 tokenizer: ShapesTokenizer, prediction: str = "v", shift: float = 1.0,
+                 max_tokens: int = 24) -> None:
+        if prediction not in ("v", "x0"):
+            raise ValueError(f"prediction: must be 'v' or 'x0', got {prediction!r}")
+        self.denoiser = denoiser.eval()
+        self.vae = vae.eval()
+        self.clip = clip.eval()
+        self.tokenizer = tokenizer
+        self.prediction = prediction
+        self.shift = shift
+        self.max_tokens = max_tokens
+
+    # -- text ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> TextCondition:
+        tokens = self.tokenizer.encode(prompts, max_length=self.max_tokens)
+        context, pooled = self.clip.encode_text_tokens(tokens.ids, tokens.mask)
+        return TextCondition(context.float(), tokens.mask, pooled.float(),
+                             tokens.unknown_words, list(tokens.truncated))
+
+    # -- denoisers ----------------------------------------------------------------------------
+    def flow_denoiser(self, cond: TextCondition, uncond: TextCondition, guidance: float) -> Denoiser:
+        """x0-estimate of a guided flow model: denoise(x_t, t) with t a scalar or (B,) tensor."""
+        use_cfg = guidance != 1.0
+
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            t_b = torch.as_tensor(t, dtype=x.dtype).reshape(-1).expand(x.shape[0])
+            if use_cfg:
+                out = self.denoiser(
+                    torch.cat([x, x]), torch.cat([t_b, t_b]),
+                    torch.cat([uncond.context, cond.context]), torch.cat([uncond.mask, cond.mask]),
+                    torch.cat([uncond.pooled, cond.pooled]),
+                ).float()
+                out_u, out_c = out.chunk(2)
+                out = out_u + guidance * (out_c - out_u)
+            else:
+                out = self.denoiser(x, t_b, cond.context, cond.mask, cond.pooled).float()
+            if self.prediction == "x0":
+                return out
+            return x - t_b.view(-1, *([1] * (x.dim() - 1))) * out
+
+        return denoise
+
+    # -- schedules ----------------------------------------------------------------------------
+    def sigmas_for(self, sampler: str, steps: int) -> torch.Tensor:
+        """The schedule in the sampler's own space: flow times, or VE sigmas."""
+        spec = samplers.get_sampler(sampler)
+        if spec.schedule == "flow":
+            return schedules.flow_sigmas(steps, shift=self.shift)
+        if spec.schedule == "karras":
+            lo, hi = KARRAS_SIGMA_RANGE
+            return schedules.karras_sigmas(steps, lo, hi)
+        t = schedules.flow_sigmas(steps, shift=self.shift).double()
+        sigmas = t / (1 - t).clamp_min(1.0 / (1.0 + VE_SIGMA_MAX))
+        sigmas[0] = min(float(sigmas[0]), VE_SIGMA_MAX)
+        return sigmas.float()
+
+    def run_sampler(self, denoise: Denoiser, noise: torch.Tensor, x_start: torch.Tensor | None,
+                    sigmas: torch.Tensor, sampler: str, generators: list[torch.Generator],
+                    on_step: StepCallback | None, cancelled: CancelFlag | None) -> torch.Tensor:
+        """Denoise from `sigmas[0]`; `x_start` (clean latents) is mixed in for img2img."""
+        spec = samplers.get_sampler(sampler)
+        total = len(sigmas) - 1
+        callback = None if on_step is None else (lambda i, n, *_: on_step(i, total))
+        noise_sampler = samplers.default_noise_sampler(noise, generators)
+        s0 = sigmas[0]
+        if spec.schedule == "flow":
+            x = noise * s0 if x_start is None else (1 - s0) * x_start + s0 * noise
+            return spec.fn(denoise, x, sigmas, callback=callback, cancelled=cancelled,
+                           noise_sampler=noise_sampler)
+        x = noise * s0 if x_start is None else x_start + s0 * noise
+        ve_denoise = ve_from_flow(denoise)
+        return spec.fn(ve_denoise, x, sigmas, callback=callback, cancelled=cancelled,
+                       noise_sampler=noise_sampler)
+
+    # -- generation ---------------------------------------------------------------------------
+    def latent_shape(self, height: int, width: int, frames: int | None) -> tuple[int, ...]:
+        f = self.vae.config.downsample
+        c = self.vae.config.latent_channels
+        if frames is None:
+            return (c, height // f, width // f)
+        return (c, frames, height // f, width // f)
+
+    @staticmethod
+    def initial_noise(seeds: list[int], shape: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Generator]]:
+        """One generator per image, so image i equals the same seed generated alone."""
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
+        return noise, generators
+
+    def conditions(self, prompt: str, negative_prompt: str, n: int) -> tuple[TextCondition, TextCondition]:
+        both = self.encode_prompts([prompt, negative_prompt])
+        cond = TextCondition(both.context[:1], both.mask[:1], both.pooled[:1],
+                             both.unknown_words[:1], both.truncated[:1])
+        uncond = TextCondition(both.context[1:], both.mask[1:], both.pooled[1:],
+                               both.unknown_words[1:], both.truncated[1:])
+        return cond.repeat(n), uncond.repeat(n)
+
+    @torch.no_grad()
+    def generate_latents(self, prompt: str, seeds: list[int], options: SamplingOptions,
+                         height: int, width: int, frames: int | None = None,
+                         negative_prompt: str = "", x_start: torch.Tensor | None = None,
+                         strength: float = 1.0, blend: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         on_step: StepCallback | None = None,
+                         cancelled: CancelFlag | None = None) -> torch.Tensor:
+        check_options(options)
+        cond, uncond = self.conditions(prompt, negative_prompt, len(seeds))
+        noise, generators = self.initial_noise(seeds, self.latent_shape(height, width, frames))
+        denoise = self.flow_denoiser(cond, uncond, options.guidance)
+        if blend is not None:
+            denoise = keep_known_region(denoise, *blend)
+        sigmas = self.sigmas_for(options.sampler, options.steps)
+        if x_start is not None:
+            sigmas = sigmas[len(sigmas) - 1 - round(options.steps * strength):]
+            if len(sigmas) == 1:
+                return x_start
+        latents = self.run_sampler(denoise, noise, x_start, sigmas, options.sampler, generators,
+                                   on_step, cancelled)
+        check_finite(latents, "latents")
+        return latents
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if latents.dim() == 5:
+            b, c, f, h, w = latents.shape
+            frames = latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+            x = torch.cat([self.vae.decode_latents(chunk) for chunk in frames.split(32)])
+            x = x.reshape(b, f, *x.shape[1:])
+        else:
+            x = self.vae.decode_latents(latents)
+        check_finite(x, "decoded pixels")
+        return x.clamp(-1, 1)
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode_latents(pixels, deterministic=True)
+
+    def text_to_image(self, prompt: str, seeds: list[int], options: SamplingOptions, height: int,
+                      width: int, negative_prompt: str = "", on_step: StepCallback | None = None,
+                      cancelled: CancelFlag | None = None) -> list[Image.Image]:
+        latents = self.generate_latents(prompt, seeds, options, height, width, None,
+                                        negative_prompt, on_step=on_step, cancelled=cancelled)
+        return pixels_to_pil(self.decode(latents))
+
+    def image_to_image(self, image: Image.Image, prompt: str, seeds: list[int],
+                       options: SamplingOptions, strength: float, negative_prompt: str = "",
+                       on_step: StepCallback | None = None,
+                       cancelled: CancelFlag | None = None) -> list[Image.Image]:
+        """SDEdit (Meng et al. 2022): noise the input to t = strength, then denoise from there."""
+        check_strength(strength)
+        width, height = image.size
+        z0 = self.encode(pil_to_pixels([image], (width, height))).repeat(len(seeds), 1, 1, 1)
+        latents = self.generate_latents(prompt, seeds, options, height, width, None,
+                                        negative_prompt, x_start=z0, strength=strength,
+                                        on_step=on_step, cancelled=cancelled)
+        return pixels_to_pil(self.decode(latents))
+
+    def inpaint(self, image: Image.Image, mask: Image.Image, prompt: str, seeds: list[int],
+                options: SamplingOptions, strength: float = 1.0, negative_prompt: str = "",
+                on_step: StepCallback | None = None,
+                cancelled: CancelFlag | None = None) -> list[Image.Image]:
+        """Repaint where the mask is white; elsewhere the input's pixels come back unchanged."""
+        check_strength(strength)
+        if mask.size != image.size:
+            raise ValueError(f"mask: size {mask.size} must equal the image's size {image.size}")
+        width, height = image.size
+        pixels = pil_to_pixels([image], (width, height))
+        pixel_mask = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)
+        pixel_mask = (pixel_mask > 0.5).float()[None, None]
+        factor = self.vae.config.downsample
+        latent_mask = F.max_pool2d(pixel_mask, factor)  # any touched latent cell is repainted
+        z0 = self.encode(pixels).repeat(len(seeds), 1, 1, 1)
+        latents = self.generate_latents(
+            prompt, seeds, options, height, width, None, negative_prompt,
+            x_start=z0 if strength < 1.0 else None, strength=strength,
+            blend=(latent_mask, z0), on_step=on_step, cancelled=cancelled,
+        )
+        latents = latent_mask * latents + (1 - latent_mask) * z0
+        out = self.decode(latents)
+        out = pixel_mask * out + (1 - pixel_mask) * pixels
+        return pixels_to_pil(out)
+
+    def text_to_video(self, prompt: str, seeds: list[int], options: SamplingOptions, frames: int,
+                      height: int, width: int, negative_prompt: str = "",
+                      on_step: StepCallback | None = None,
+                      cancelled: CancelFlag | None = None) -> list[list[Image.Image]]:
+        latents = self.generate_latents(prompt, seeds, options, height, width, frames,
+                                        negative_prompt, on_step=on_step, cancelled=cancelled)
+        videos = self.decode(latents)
+        return [pixels_to_pil(v) for v in videos]
+
+
+def ve_from_flow(flow_denoise: Denoiser) -> Denoiser:
+    """Wrap a flow denoiser(x_t, t) as a VE denoiser(x, sigma) with x = x_t / (1 - t)."""
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1)
+        t = sigma / (1 + sigma)
+        x_t = x / (1 + sigma).view(-1, *([1] * (x.dim() - 1)))
+        return flow_denoise(x_t, t)
+
+    return denoise
+
+
+def keep_known_region(denoise: Denoiser, latent_mask: torch.Tensor, z0: torch.Tensor) -> Denoiser:
+    """Replace the x0-estimate outside the mask by the known latents at every step.
+
+    Every sampler here moves x towards its x0-estimate, so the known region converges to z0
+    exactly while the masked region is generated in context.
+    """
+
+    def denoise_blended(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        x0 = denoise(x, s)
+        return latent_mask * x0 + (1 - latent_mask) * z0
+
+    return denoise_blended
+
+
+def check_strength(strength: float) -> None:
+    if not (isinstance(strength, (int, float)) and math.isfinite(strength) and 0 <= strength <= 1):
+        raise ValueError(f"strength: must be a number in [0, 1], got {strength!r}")

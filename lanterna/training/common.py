@@ -1,0 +1,255 @@
+"""What every training loop shares: resumable checkpoints, EMA, a JSONL log, LR warm-up, a clock.
+
+A run lives in one directory: `checkpoint.pt` (model, EMA, optimiser, step, wall-clock, RNG
+state), `log.jsonl` (one JSON object per logged step or evaluation) and `samples/`. Starting a
+run in a directory that holds a checkpoint resumes it, so a run can be stopped at any moment and
+continued later with the same command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger("lanterna.training")
+
+
+@dataclass
+class Recipe:
+    """Hyper-parameters of a run; stored in the checkpoint and in the model card."""
+
+    model: str
+    size: str = "default"
+    batch: int = 64
+    lr: float = 3e-4
+    warmup: int = 500
+    weight_decay: float = 0.0
+    ema: float = 0.999
+    seed: int = 0
+    bf16: bool = True
+    grad_clip: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers copied as they are)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        # Warm the average up: early on, a long memory would keep the random init around.
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach().float().to(ema_p.dtype), 1 - decay)
+        for ema_b, b in zip(self.model.buffers(), model.buffers()):
+            ema_b.copy_(b)
+
+
+def warmup_lr(step: int, base_lr: float, warmup: int) -> float:
+    return base_lr * min(1.0, (step + 1) / max(1, warmup))
+
+
+def autocast(enabled: bool) -> contextlib.AbstractContextManager:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    seconds: float = 0.0  # wall-clock spent training, summed over resumptions
+    rng: dict[str, Any] = field(default_factory=dict)
+
+
+class Run:
+    """A run directory: checkpoint save/resume and the JSONL log."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "samples").mkdir(exist_ok=True)
+        self.checkpoint_path = self.dir / "checkpoint.pt"
+        self.log_path = self.dir / "log.jsonl"
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.exists()
+
+    def save(self, payload: dict[str, Any]) -> None:
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def load(self) -> dict[str, Any]:
+        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+
+    def log(self, record: dict[str, Any]) -> None:
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def records(self, kind: str | None = None) -> list[dict[str, Any]]:
+        if not self.log_path.exists():
+            return []
+        rows = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+        return [r for r in rows if kind is None or r.get("kind") == kind]
+
+
+def rng_state(np_rng: np.random.Generator) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np_rng.bit_generator.state}
+
+
+def restore_rng(state: dict[str, Any], np_rng: np.random.Generator) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        np_rng.bit_generator.state = state["numpy"]
+
+
+class Clock:
+    """Wall-clock of the run, carried over across resumptions."""
+
+    def __init__(self, already: float = 0.0) -> None:
+        self.already = already
+        self.start = time.monotonic()
+
+    @property
+    def seconds(self) -> float:
+        return self.already + time.monotonic() - self.start
+
+
+def training_steps(
+    start: int, max_steps: int | None, max_minutes: float | None
+) -> Iterator[int]:
+    """Steps from `start` until `max_steps` (total) or `max_minutes` of this invocation pass."""
+    deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+    step = start
+    while (max_steps is None or step < max_steps) and (
+        deadline is None or time.monotonic() < deadline
+    ):
+        yield step
+        step += 1
+
+
+def recipe_dict(recipe: Recipe) -> dict[str, Any]:
+    return asdict(recipe)
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)
+
+
+@dataclass
+class Trainable:
+    """A model being trained, with its optimiser and (for diffusion models) its EMA copy."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: EMA | None = None
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": None if self.ema is None else self.ema.model.state_dict(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.model.load_state_dict(state["ema"])
+
+    @property
+    def inference_model(self) -> nn.Module:
+        return self.model if self.ema is None else self.ema.model
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=recipe.lr,
+        weight_decay=recipe.weight_decay,
+        betas=(0.9, 0.99),
+    )
+
+
+def optimizer_step(trainable: Trainable, loss: torch.Tensor, recipe: Recipe, step: int) -> float:
+    for group in trainable.optimizer.param_groups:
+        group["lr"] = warmup_lr(step, recipe.lr, recipe.warmup)
+    trainable.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable.model.parameters(), recipe.grad_clip)
+    trainable.optimizer.step()
+    if trainable.ema is not None:
+        trainable.ema.update(trainable.model, step)
+    return float(grad_norm)
+
+
+def run_loop(
+    run: Run,
+    trainable: Trainable,
+    recipe: Recipe,
+    np_rng: np.random.Generator,
+    train_step,
+    evaluate=None,
+    max_steps: int | None = None,
+    max_minutes: float | None = None,
+    eval_every: int = 2000,
+    log_every: int = 50,
+    checkpoint_minutes: float = 5.0,
+) -> RunState:
+    """Resume if a checkpoint exists, then train; `train_step(step) -> dict of floats`.
+
+    `evaluate(step) -> dict` runs every `eval_every` steps and at the end; its record goes to the
+    log with the wall-clock beside it (the learning curve of the model card).
+    """
+    state = RunState()
+    if run.has_checkpoint():
+        payload = run.load()
+        trainable.restore(payload["trainable"])
+        state = RunState(**payload["state"])
+        restore_rng(state.rng, np_rng)
+        log.info("resumed %s at step %d (%.0f s trained)", run.dir, state.step, state.seconds)
+    clock = Clock(state.seconds)
+    last_checkpoint = time.monotonic()
+    window: dict[str, list[float]] = {}
+
+    def checkpoint(step: int) -> None:
+        state.step, state.seconds, state.rng = step, clock.seconds, rng_state(np_rng)
+        run.save({"trainable": trainable.state(), "state": asdict(state), "recipe": asdict(recipe)})
+
+    done = state.step
+    for step in training_steps(state.step, max_steps, max_minutes):
+        trainable.model.train()
+        metrics = train_step(step)
+        for key, value in metrics.items():
+            window.setdefault(key, []).append(value)
+        done = step + 1
+        if done % log_every == 0:
+            run.log({"kind": "train", "step": done, "seconds": round(clock.seconds, 1),
+                     **{k: float(np.mean(v)) for k, v in window.items()}})
+            window.clear()
+        if evaluate is not None and done % eval_every == 0:
+            run.log({"kind": "eval", "step": done, "seconds": round(clock.seconds, 1), **evaluate(done)})
+        if time.monotonic() - last_checkpoint > 60 * checkpoint_minutes:
+            checkpoint(done)
+            last_checkpoint = time.monotonic()
+    checkpoint(done)
+    if evaluate is not None and done % eval_every != 0 and done > 0:
+        run.log({"kind": "eval", "step": done, "seconds": round(clock.seconds, 1), **evaluate(done)})
+    return state

@@ -1,0 +1,43 @@
+"""Training batches from the Shapes World, rendered fresh for every step (no data set on disk)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lanterna.world import sampling
+
+
+def to_pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 N x H x W x 3 -> float N x 3 x H x W in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def from_pixels(x: torch.Tensor) -> np.ndarray:
+    """float N x 3 x H x W in [-1, 1] -> uint8 N x H x W x 3."""
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_batch(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, list[str]]:
+    """A mixed batch over every image task, never showing a held-out composition."""
+    images, captions, _ = sampling.sample_batch(rng, n, antialias=bool(rng.integers(2)))
+    return to_pixels(images), captions
+
+
+def video_batch(
+    rng: np.random.Generator, n: int, frames: int, size: int
+) -> tuple[torch.Tensor, list[str]]:
+    """N x 3 x F x H x W videos in [-1, 1] with their motion captions."""
+    videos, captions, _ = sampling.sample_video_batch(rng, n, frames=frames, size=size)
+    x = torch.from_numpy(np.ascontiguousarray(videos)).float() / 127.5 - 1.0  # N F H W 3
+    return x.permute(0, 4, 1, 2, 3), captions
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1], measured on the 0-255 scale after rounding."""
+    a8 = torch.from_numpy(from_pixels(a)).float()
+    b8 = torch.from_numpy(from_pixels(b)).float()
+    mse = ((a8 - b8) ** 2).mean().clamp_min(1e-10)
+    return float(10 * torch.log10(255.0**2 / mse))

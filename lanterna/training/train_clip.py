@@ -1,0 +1,83 @@
+"""Train `shapes-clip`: contrastive text and image towers (Radford et al. 2021) on Shapes renders.
+
+Its text tower later conditions the diffusion models (frozen) and the pair is the default scorer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lanterna.engines.nets.text import CLIP_SIZES, ShapesCLIP, ShapesCLIPConfig, ShapesTokenizer
+from lanterna.training import data
+from lanterna.training.common import Recipe, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
+from lanterna.world import sampling
+
+EVAL_SEED = 20_000
+IMAGE_TASKS = ("single_object", "two_objects", "counting", "colors", "position", "color_attr", "novel")
+
+
+def build(recipe: Recipe) -> ShapesCLIP:
+    return ShapesCLIP(ShapesCLIPConfig(**CLIP_SIZES[recipe.size]))
+
+
+def contrastive_loss(model: ShapesCLIP, pixels: torch.Tensor, ids: torch.Tensor,
+                     mask: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    logits_per_image, logits_per_text = model(pixels, ids, mask)
+    # Identical captions in one batch are true pairs too: share the target among them.
+    same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
+    targets = same / same.sum(1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits_per_image.float(), targets)
+                  + F.cross_entropy(logits_per_text.float(), targets))
+
+
+@torch.no_grad()
+def retrieval_accuracy(model: ShapesCLIP, tokenizer: ShapesTokenizer, per_task: int = 64,
+                       group: int = 16) -> dict[str, float]:
+    """Zero-shot: for each held-out render, pick its caption among `group` captions of the same task."""
+    model.eval()
+    rng = np.random.default_rng(EVAL_SEED)
+    scores = {}
+    for task in IMAGE_TASKS:
+        images, captions, _ = sampling.sample_task(rng, task, per_task)
+        pixels = data.to_pixels(images)
+        hits = 0
+        for start in range(0, per_task, group):
+            chunk = slice(start, start + group)
+            tokens = tokenizer.encode(captions[chunk])
+            img = F.normalize(model.encode_image(pixels[chunk]).float(), dim=-1)
+            txt = F.normalize(model.encode_text(tokens.ids, tokens.mask).float(), dim=-1)
+            sims = img @ txt.T
+            # Captions repeated within a group count as right too.
+            picked = sims.argmax(1).tolist()
+            hits += sum(captions[chunk][i] == captions[chunk][p] for i, p in enumerate(picked))
+        scores[task] = hits / per_task
+    scores["mean"] = float(np.mean([scores[t] for t in IMAGE_TASKS]))
+    return scores
+
+
+def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: float | None,
+          eval_every: int = 1000) -> tuple[ShapesCLIP, Run]:
+    torch.manual_seed(recipe.seed)
+    np_rng = np.random.default_rng(recipe.seed)
+    model = build(recipe)
+    tokenizer = ShapesTokenizer()
+    trainable = Trainable(model, make_optimizer(model, recipe))
+    run = Run(run_dir)
+
+    def step_fn(step: int) -> dict:
+        pixels, captions = data.image_batch(np_rng, recipe.batch)
+        tokens = tokenizer.encode(captions)
+        with autocast(recipe.bf16):
+            loss = contrastive_loss(model, pixels, tokens.ids, tokens.mask, captions)
+        grad = optimizer_step(trainable, loss, recipe, step)
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, np.log(100))
+        return {"loss": float(loss), "grad_norm": grad, "logit_scale": float(model.logit_scale.exp())}
+
+    def evaluate(step: int) -> dict:
+        return {"retrieval": retrieval_accuracy(model, tokenizer)}
+
+    run_loop(run, trainable, recipe, np_rng, step_fn, evaluate, max_steps, max_minutes, eval_every)
+    return model, run

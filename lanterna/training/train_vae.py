@@ -1,0 +1,70 @@
+"""Train `shapes-vae`: the KL autoencoder that compresses 64x64x3 renders to 16x16x4 latents."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lanterna.engines.nets.vae import VAE_SIZES, AutoencoderKL, VAEConfig
+from lanterna.training import data
+from lanterna.training.common import Recipe, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
+
+log = logging.getLogger("lanterna.training.vae")
+
+KL_WEIGHT = 1e-6  # as in latent diffusion's KL-f4 autoencoders: a nudge towards N(0, 1), no more
+EVAL_SEED = 10_000  # held-out renders come from a seed no training batch uses
+
+
+def build(recipe: Recipe) -> AutoencoderKL:
+    return AutoencoderKL(VAEConfig(**VAE_SIZES[recipe.size]))
+
+
+def vae_loss(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+    posterior = vae.encode(x)
+    recon = vae.decode(posterior.sample(generator=generator))
+    l1 = (recon.float() - x).abs().mean()
+    mse = F.mse_loss(recon.float(), x)
+    kl = posterior.kl().mean()
+    return {"loss": l1 + mse + KL_WEIGHT * kl, "l1": l1, "mse": mse, "kl": kl}
+
+
+@torch.no_grad()
+def held_out_psnr(vae: AutoencoderKL, n: int = 256) -> float:
+    vae.eval()
+    x, _ = data.image_batch(np.random.default_rng(EVAL_SEED), n)
+    recon = torch.cat([vae.decode(vae.encode(chunk).mode()) for chunk in x.split(64)])
+    return data.psnr(recon, x)
+
+
+@torch.no_grad()
+def fit_scaling_factor(vae: AutoencoderKL, n: int = 512) -> float:
+    """1 / std of the latents, so diffusion sees unit-variance inputs (Rombach et al. 2022)."""
+    x, _ = data.image_batch(np.random.default_rng(EVAL_SEED + 1), n)
+    z = torch.cat([vae.encode(chunk).mode() for chunk in x.split(64)])
+    return float(1.0 / z.std())
+
+
+def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: float | None,
+          eval_every: int = 1000) -> tuple[AutoencoderKL, Run]:
+    torch.manual_seed(recipe.seed)
+    np_rng = np.random.default_rng(recipe.seed)
+    vae = build(recipe)
+    trainable = Trainable(vae, make_optimizer(vae, recipe))
+    run = Run(run_dir)
+
+    def step_fn(step: int) -> dict:
+        x, _ = data.image_batch(np_rng, recipe.batch)
+        with autocast(recipe.bf16):
+            losses = vae_loss(vae, x)
+        grad = optimizer_step(trainable, losses["loss"], recipe, step)
+        return {k: float(v) for k, v in losses.items()} | {"grad_norm": grad}
+
+    def evaluate(step: int) -> dict:
+        return {"psnr_db": round(held_out_psnr(vae), 3)}
+
+    run_loop(run, trainable, recipe, np_rng, step_fn, evaluate, max_steps, max_minutes, eval_every)
+    vae.scaling_factor.fill_(fit_scaling_factor(vae))
+    return vae, run
