@@ -1,0 +1,93 @@
+"""`lanterna train vae|clip|dit|unet|video`: resumable training runs and their export as bundled weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from lanterna.training.common import Recipe, Run, set_threads
+
+log = logging.getLogger("lanterna.training")
+
+DEFAULT_LR = {"vae": 1e-3, "clip": 5e-4, "dit": 5e-4, "unet": 5e-4, "video": 5e-4}
+DEFAULT_BATCH = {"vae": 32, "clip": 128, "dit": 64, "unet": 64, "video": 8}
+MODEL_NAME = {"vae": "shapes-vae", "clip": "shapes-clip", "dit": "shapes-dit",
+              "unet": "shapes-unet", "video": "shapes-video"}
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a bundled Shapes model (resumable)")
+    p.add_argument("model", choices=sorted(MODEL_NAME))
+    p.add_argument("--run-dir", type=Path, help="run directory (default runs/<model>)")
+    p.add_argument("--size", default="default", help="size name from the net's config table")
+    p.add_argument("--steps", type=int, help="stop at this total step count")
+    p.add_argument("--minutes", type=float, help="stop after this many minutes of this invocation")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-bf16", action="store_true", help="train in fp32")
+    p.add_argument("--eval-every", type=int, default=2000)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--extra", default="{}", help="JSON of model-specific options "
+                   '(e.g. {"prediction": "v", "net": {"depth": 8}})')
+    p.add_argument("--export", action="store_true",
+                   help="after training, write the weights and model card to the weights dir")
+    p.add_argument("--export-only", action="store_true",
+                   help="export the run's current checkpoint without training")
+    p.add_argument("--weights-dir", type=Path, help="where --export writes (default: bundled)")
+    p.set_defaults(func=run_command)
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    return Recipe(
+        model=args.model, size=args.size, batch=args.batch or DEFAULT_BATCH[args.model],
+        lr=args.lr or DEFAULT_LR[args.model], warmup=args.warmup, seed=args.seed,
+        bf16=not args.no_bf16, extra=json.loads(args.extra),
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    set_threads(args.threads)
+    run_dir = args.run_dir or Path("runs") / args.model
+    recipe = recipe_from_args(args)
+    run = Run(run_dir)
+    if run.has_checkpoint():
+        saved = Recipe(**run.load()["recipe"])
+        if (saved.size, saved.model) != (recipe.size, recipe.model):
+            print(f"error: {run_dir} holds a {saved.model}/{saved.size} run", file=sys.stderr)
+            return 2
+        recipe = saved  # a resumed run keeps its recipe
+    max_steps = 0 if args.export_only else args.steps
+    minutes = None if args.export_only else args.minutes
+    from lanterna.training import export
+
+    if args.model == "vae":
+        from lanterna.training import train_vae
+
+        model, run = train_vae.train(str(run_dir), recipe, max_steps, minutes, args.eval_every)
+        if args.export or args.export_only:
+            export.export_vae(model, run, recipe, args.weights_dir)
+    elif args.model == "clip":
+        from lanterna.training import train_clip
+
+        model, run = train_clip.train(str(run_dir), recipe, max_steps, minutes, args.eval_every)
+        if args.export or args.export_only:
+            export.export_clip(model, run, recipe, args.weights_dir)
+    else:
+        from lanterna.training import train_diffusion
+        from lanterna.training.progress_eval import quick_geneval
+
+        model, run = train_diffusion.train(str(run_dir), recipe, max_steps, minutes,
+                                           args.eval_every, evaluate=quick_geneval(recipe))
+        if args.export or args.export_only:
+            export.export_denoiser(model, run, recipe, args.weights_dir)
+    log.info("done: %s", asdict(recipe))
+    return 0
