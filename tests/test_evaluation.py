@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lanterna.engines.base import Scorer
 from lanterna.evaluation import sets
 from lanterna.evaluation.cli import register_cli
 from lanterna.evaluation.clip_score import TransformersCLIPScorer, clip_score
@@ -401,6 +402,7 @@ def test_clip_score_matches_torchmetrics(tiny_clip_dir):
     prompts = ["a red circle", "a blue square left of a green triangle", "a photo of a circle",
                "green", "an red triangle on a blue square", "a photo", "square"]
     scorer = TransformersCLIPScorer(tiny_clip_dir, batch_size=3)
+    assert isinstance(scorer, Scorer)
     ours = scorer.clip_scores(pil_images, prompts)
     theirs = []
     for image, prompt in zip(images, prompts):

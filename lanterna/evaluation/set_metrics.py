@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 import torch
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -74,22 +73,38 @@ class StatsAccumulator:
         return FeatureStats(self.mean.numpy(), cov.numpy(), self.count)
 
 
-def sqrt_psd(matrix: np.ndarray) -> np.ndarray:
-    """Square root of a symmetric positive semi-definite matrix; round-off negatives count as 0."""
-    eigvals, eigvecs = scipy.linalg.eigh(matrix, driver="evd")
-    return (eigvecs * np.sqrt(np.clip(eigvals, 0, None))) @ eigvecs.T
+def psd_factor(matrix: torch.Tensor) -> torch.Tensor:
+    """A factor F with F F^T = matrix (symmetric positive semi-definite), to round-off.
+
+    Cholesky when it goes through (backward stable, and cheap); for a singular covariance (fewer
+    images than features), the eigenvectors scaled by sqrt(eigenvalue), keeping only the
+    eigenvalues above the numerical-rank threshold d * eps * max: the rest are round-off of zeros.
+    """
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) == 0:
+        return factor
+    eigvals, eigvecs = torch.linalg.eigh(matrix)
+    threshold = matrix.shape[0] * torch.finfo(torch.float64).eps * float(eigvals.max().clamp_min(0))
+    keep = eigvals > threshold
+    return eigvecs[:, keep] * eigvals[keep].sqrt()
 
 
 def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
-    """tr sqrt(cov1 cov2), computed as the nuclear norm of sqrt(cov2) sqrt(cov1).
+    """tr sqrt(cov1 cov2), computed as the nuclear norm of F2^T F1 for factors F F^T = cov.
 
-    cov1 cov2 is similar to sqrt(cov1) cov2 sqrt(cov1) = A^T A with A = sqrt(cov2) sqrt(cov1), so
-    the trace of its square root is the sum of A's singular values. SVD gives small singular
-    values to absolute precision eps * |A|, where the eigenvalues of A^T A would lose half the
-    digits under a square root, and it never meets the complex round-off of a general `sqrtm`.
+    (F2^T F1)^T (F2^T F1) = F1^T cov2 F1 has the eigenvalues of cov2 F1 F1^T = cov2 cov1, so the
+    trace of the square root is the sum of F2^T F1's singular values. SVD gets small singular
+    values to absolute precision eps * |F2^T F1|, where the eigenvalues of a product would lose
+    half their digits under the square root, and no complex round-off of a general `sqrtm` or
+    `eigvals` arises. Singular covariances shrink the factors to their rank, and the SVD with them.
+    (torch.linalg throughout: mixing torch's and numpy's BLAS thread pools stalls both.)
     """
-    product = sqrt_psd(cov2) @ sqrt_psd(cov1)
-    return float(scipy.linalg.svdvals(product).sum())
+    f1 = psd_factor(torch.as_tensor(cov1, dtype=torch.float64))
+    f2 = psd_factor(torch.as_tensor(cov2, dtype=torch.float64))
+    product = f2.T @ f1
+    if product.numel() == 0:
+        return 0.0
+    return float(torch.linalg.svdvals(product).sum())
 
 
 def frechet_distance(stats1: FeatureStats, stats2: FeatureStats) -> float:
