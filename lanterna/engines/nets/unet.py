@@ -1,0 +1,197 @@
+"""Latent U-Net, conditioned on text: the convolutional alternative to the DiT.
+
+The layout of latent diffusion's U-Net (Rombach et al., CVPR 2022), scaled down: residual blocks
+that take the timestep (+ pooled text) embedding as a GroupNorm scale and shift (the
+"scale-shift norm" of Dhariwal & Nichol 2021), transformer blocks (self-attention,
+cross-attention to the text tokens, MLP) at the lower resolutions, skip connections from every
+encoder stage to the decoder, and zero-initialised last convolutions, so that every residual
+branch starts at zero and the output is 0 at init.
+
+For a 16 x 16 latent and three levels the resolutions are 16, 8 and 4; attention runs where
+`attention_levels` says (by default at 8 x 8 and 4 x 4, and in the middle block).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lanterna.engines.nets.layers import MLP, Attention, TimestepEmbedder, batch_timesteps
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    in_channels: int = 4
+    channels: tuple[int, ...] = (64, 128, 192)  # one entry per resolution level
+    attention_levels: tuple[bool, ...] = (False, True, True)
+    res_blocks: int = 1  # per level in the encoder; the decoder has one more
+    heads: int = 4
+    context_dim: int = 128
+    norm_groups: int = 32
+    frequency_dim: int = 256
+    time_scale: float = 1000.0
+
+    def __post_init__(self) -> None:
+        # JSON turns tuples into lists; keep the config hashable and comparable.
+        object.__setattr__(self, "channels", tuple(self.channels))
+        object.__setattr__(self, "attention_levels", tuple(bool(a) for a in self.attention_levels))
+        if len(self.channels) != len(self.attention_levels):
+            raise ValueError("channels and attention_levels need one entry per level each")
+
+
+UNET_SIZES: dict[str, dict] = {
+    "tiny": dict(in_channels=4, channels=(16, 32), attention_levels=(False, True), res_blocks=1,
+                 heads=2, context_dim=32, norm_groups=8, frequency_dim=32),
+    # ~5.0 M parameters; attention at 8x8 and 4x4 for a 16x16x4 latent.
+    "default": dict(in_channels=4, channels=(64, 128, 192), attention_levels=(False, True, True),
+                    res_blocks=1, heads=4, context_dim=128, norm_groups=32),
+}
+
+
+class ResBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        return self.skip(x) + self.conv2(F.silu(h))
+
+
+class TransformerBlock(nn.Module):
+    """GroupNorm, then on the pixels as tokens: self-attention, cross-attention, MLP (pre-LN)."""
+
+    def __init__(self, channels: int, heads: int, context_dim: int, groups: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.proj_in = nn.Linear(channels, channels)
+        self.norm1 = nn.LayerNorm(channels)
+        self.attn = Attention(channels, heads)
+        self.norm2 = nn.LayerNorm(channels)
+        self.cross_attn = Attention(channels, heads, context_dim=context_dim)
+        self.norm3 = nn.LayerNorm(channels)
+        self.mlp = MLP(channels, 4 * channels)
+        self.proj_out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))
+        tokens = tokens + self.attn(self.norm1(tokens))
+        tokens = tokens + self.cross_attn(self.norm2(tokens), context, context_mask)
+        tokens = tokens + self.mlp(self.norm3(tokens))
+        return x + self.proj_out(tokens).transpose(1, 2).reshape(b, c, h, w)
+
+
+class Stage(nn.Module):
+    """A residual block, optionally followed by a transformer block."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, config: UNetConfig, attention: bool) -> None:
+        super().__init__()
+        self.res = ResBlock(in_ch, out_ch, emb_dim, config.norm_groups)
+        self.attn = (TransformerBlock(out_ch, config.heads, config.context_dim, config.norm_groups)
+                     if attention else None)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor) -> torch.Tensor:
+        x = self.res(x, emb)
+        return x if self.attn is None else self.attn(x, context, context_mask)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        ch = config.channels
+        emb_dim = 4 * ch[0]
+        self.t_embedder = TimestepEmbedder(emb_dim, config.frequency_dim, config.time_scale)
+        self.pooled_embedder = nn.Sequential(
+            nn.Linear(config.context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.conv_in = nn.Conv2d(config.in_channels, ch[0], 3, padding=1)
+
+        # Encoder: every stage's output (and conv_in's, and each downsample's) is a skip.
+        self.down = nn.ModuleList()
+        skips = [ch[0]]
+        current = ch[0]
+        for level, (out_ch, attention) in enumerate(zip(ch, config.attention_levels)):
+            for _ in range(config.res_blocks):
+                self.down.append(Stage(current, out_ch, emb_dim, config, attention))
+                current = out_ch
+                skips.append(current)
+            if level < len(ch) - 1:
+                self.down.append(Downsample(current))
+                skips.append(current)
+
+        self.mid = nn.ModuleList([
+            Stage(current, current, emb_dim, config, attention=True),
+            Stage(current, current, emb_dim, config, attention=False),
+        ])
+
+        # Decoder: each stage takes one skip, concatenated on channels.
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(ch))):
+            for _ in range(config.res_blocks + 1):
+                self.up.append(Stage(current + skips.pop(), ch[level], emb_dim, config,
+                                     config.attention_levels[level]))
+                current = ch[level]
+            if level > 0:
+                self.up.append(Upsample(current))
+
+        self.norm_out = nn.GroupNorm(config.norm_groups, current)
+        self.conv_out = nn.Conv2d(current, config.in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    @property
+    def downsampling(self) -> int:
+        return 2 ** (len(self.config.channels) - 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
+            raise ValueError(f"latent size {tuple(x.shape[-2:])} is not divisible by {self.downsampling}")
+        emb = self.t_embedder(batch_timesteps(t, x.shape[0], x.device)) + self.pooled_embedder(pooled)
+        h = self.conv_in(x)
+        skips = [h]
+        for layer in self.down:
+            h = layer(h) if isinstance(layer, Downsample) else layer(h, emb, context, context_mask)
+            skips.append(h)
+        for layer in self.mid:
+            h = layer(h, emb, context, context_mask)
+        for layer in self.up:
+            if isinstance(layer, Upsample):
+                h = layer(h)
+            else:
+                h = layer(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+        return self.conv_out(F.silu(self.norm_out(h)))
