@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from dataclasses import dataclass
 
 from PIL import Image
@@ -66,14 +67,18 @@ def preview(image: Image.Image, max_chars: int, budget: PreviewBudget) -> Previe
     """One image within `max_chars` base64 characters, or None if even a 32 px version does not fit."""
     candidate = fit_size(image.convert("RGB"), budget)
     while True:
+        smallest = None
         for fmt, quality in ATTEMPTS:
             data = encode(candidate, fmt, quality)
             if encoded_chars(len(data)) <= max_chars:
                 return Preview(base64.b64encode(data).decode(), MIME[fmt], *candidate.size)
+            smallest = min(smallest or len(data), len(data))
         w, h = candidate.size
         if max(w, h) <= 32:
             return None
-        candidate = candidate.resize((max(1, w * 3 // 4), max(1, h * 3 // 4)), Image.LANCZOS)
+        # Encoded size grows roughly with the pixel count: shrink by the square root of the overshoot.
+        scale = min(0.9, max(0.3, 0.95 * math.sqrt(max_chars / encoded_chars(smallest))))
+        candidate = candidate.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS)
 
 
 def previews(images: list[Image.Image], budget: PreviewBudget) -> list[Preview | None]:
