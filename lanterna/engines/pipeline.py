@@ -24,7 +24,6 @@ from lanterna.engines.nets.vae import AutoencoderKL
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-VE_SIGMA_MAX = 500.0  # stands for t = 1; x0's share of the initial state is then 1/500
 KARRAS_SIGMA_RANGE = (0.02, 80.0)  # EDM's sigma_max; sigma_min near the last flow step
 
 
@@ -130,14 +129,12 @@ class LatentDiffusionPipeline:
         """The schedule in the sampler's own space: flow times, or VE sigmas."""
         spec = samplers.get_sampler(sampler)
         if spec.schedule == "flow":
-            return schedules.flow_sigmas(steps, shift=self.shift)
+            return schedules.flow_sigmas(steps, shift=self.shift).float()
         if spec.schedule == "karras":
             lo, hi = KARRAS_SIGMA_RANGE
             return schedules.karras_sigmas(steps, lo, hi)
-        t = schedules.flow_sigmas(steps, shift=self.shift).double()
-        sigmas = t / (1 - t).clamp_min(1.0 / (1.0 + VE_SIGMA_MAX))
-        sigmas[0] = min(float(sigmas[0]), VE_SIGMA_MAX)
-        return sigmas.float()
+        t = schedules.flow_sigmas(steps, shift=self.shift)
+        return schedules.flow_time_to_sigma(t).float()
 
     def run_sampler(self, denoise: Denoiser, noise: torch.Tensor, x_start: torch.Tensor | None,
                     sigmas: torch.Tensor, sampler: str, generators: list[torch.Generator],
@@ -153,7 +150,7 @@ class LatentDiffusionPipeline:
             return spec.fn(denoise, x, sigmas, callback=callback, cancelled=cancelled,
                            noise_sampler=noise_sampler)
         x = noise * s0 if x_start is None else x_start + s0 * noise
-        ve_denoise = ve_from_flow(denoise)
+        ve_denoise = schedules.flow_to_ve_denoiser(denoise)
         return spec.fn(ve_denoise, x, sigmas, callback=callback, cancelled=cancelled,
                        noise_sampler=noise_sampler)
 
@@ -272,18 +269,6 @@ class LatentDiffusionPipeline:
                                         negative_prompt, on_step=on_step, cancelled=cancelled)
         videos = self.decode(latents)
         return [pixels_to_pil(v) for v in videos]
-
-
-def ve_from_flow(flow_denoise: Denoiser) -> Denoiser:
-    """Wrap a flow denoiser(x_t, t) as a VE denoiser(x, sigma) with x = x_t / (1 - t)."""
-
-    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1)
-        t = sigma / (1 + sigma)
-        x_t = x / (1 + sigma).view(-1, *([1] * (x.dim() - 1)))
-        return flow_denoise(x_t, t)
-
-    return denoise
 
 
 def keep_known_region(denoise: Denoiser, latent_mask: torch.Tensor, z0: torch.Tensor) -> Denoiser:
