@@ -82,8 +82,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if path.suffix.lower() == ".json":
         data = json.loads(text)
     else:
-        import tomllib  # Python >= 3.11
-
+        try:
+            import tomllib  # Python >= 3.11
+        except ModuleNotFoundError:
+            raise ValueError(f"{path}: TOML settings need Python 3.11 or later; write JSON (.json) instead") from None
         data = tomllib.loads(text)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a table of settings")

@@ -154,12 +154,12 @@ async def test_random_seed_is_returned_and_reproduces(make_server):
 async def test_wait_expiry_returns_a_job_that_get_job_completes(make_server, mode):
     async with Client(make_server(), mode=mode) as client:
         started = time.monotonic()
-        result = await client.call_tool("generate_image", {"prompt": "a green square", "steps": 40,
+        result = await client.call_tool("generate_image", {"prompt": "a green square", "steps": 100,
                                                            "wait_seconds": 0.05})
-        assert time.monotonic() - started < 0.35
+        assert time.monotonic() - started < 0.8  # the job itself needs over a second
         report = result.structured_content
         assert not result.is_error and report["status"] == "running"
-        assert report["progress"]["total_steps"] == 40 and report["images"] == []
+        assert report["progress"]["total_steps"] == 100 and report["images"] == []
         assert any("get_job" in w for w in report["warnings"])
 
         updates = []
@@ -172,7 +172,7 @@ async def test_wait_expiry_returns_a_job_that_get_job_completes(make_server, mod
         final = done.structured_content
         assert final["status"] == "done" and final["job_id"] == report["job_id"]
         assert len(final["images"]) == 1 and len(blocks(done, "image")) == 1
-        assert "step 40/40" in updates
+        assert any(m.startswith("step") for m in updates) and updates[-1] in ("step 100/100", "done")
         # collecting it again returns the same stored answer
         again = await client.call_tool("get_job", {"job_id": report["job_id"], "wait_seconds": 0})
         assert again.structured_content["images"] == final["images"]
@@ -188,7 +188,7 @@ async def test_cancel_job_stops_the_engine_and_frees_the_worker(make_server):
         started = time.monotonic()
         cancelled = await client.call_tool("cancel_job", {"job_id": job_id})
         assert cancelled.structured_content == {"job_id": job_id, "status": "cancelled", "was_running": True}
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 1.5  # the job alone would need 2 s
         engine = engine_of(server)
         assert engine.active == 0
         state = await client.call_tool("get_job", {"job_id": job_id, "wait_seconds": 0})

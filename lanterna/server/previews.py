@@ -2,8 +2,8 @@
 
 Each result gets a budget of base64 characters shared by its previews. A preview is at most
 `max_side` pixels a side; tiny images (the Shapes models draw 64 x 64) are upscaled with
-nearest-neighbour to about `min_side` so their pixels stay crisp. PNG is tried first (lossless,
-and small for flat synthetic images), then WebP and JPEG at falling quality, then smaller sizes.
+nearest-neighbour to about `min_side` so their pixels stay crisp. PNG is used when it fits (lossless,
+and small for flat synthetic images), else JPEG at falling quality, then smaller sizes.
 """
 
 from __future__ import annotations
@@ -51,28 +51,44 @@ def encoded_chars(n_bytes: int) -> int:
 def encode(image: Image.Image, fmt: str, quality: int | None = None) -> bytes:
     out = io.BytesIO()
     if fmt == "PNG":
-        image.save(out, format="PNG", optimize=False, compress_level=6)
-    elif fmt == "WEBP":
-        image.save(out, format="WEBP", quality=quality, method=4)
+        image.save(out, format="PNG", compress_level=6)
     else:
-        image.save(out, format="JPEG", quality=quality, optimize=True)
+        image.save(out, format="JPEG", quality=quality)
     return out.getvalue()
 
 
-ATTEMPTS = (("PNG", None), ("WEBP", 85), ("WEBP", 70), ("JPEG", 75), ("WEBP", 50), ("JPEG", 50))
-MIME = {"PNG": "image/png", "WEBP": "image/webp", "JPEG": "image/jpeg"}
+MIME = {"PNG": "image/png", "JPEG": "image/jpeg"}
+LOSSY_STEPS = (85, 70, 50)
+
+
+def attempt(candidate: Image.Image, max_chars: int) -> tuple[Preview | None, int]:
+    """The best encoding of this size that fits, and the smallest size seen otherwise.
+
+    JPEG is tried first because it is fast and tells cheaply whether lossless has a chance: when
+    even JPEG at 85 does not fit, PNG (lossless, but slow on photographic content) cannot either
+    in practice. Synthetic images such as the Shapes outputs stay PNG, with crisp edges.
+    """
+    smallest = None
+    for quality in LOSSY_STEPS:
+        data = encode(candidate, "JPEG", quality)
+        smallest = min(smallest or len(data), len(data))
+        if encoded_chars(len(data)) <= max_chars:
+            if quality == LOSSY_STEPS[0]:
+                png = encode(candidate, "PNG")
+                if encoded_chars(len(png)) <= max_chars:
+                    data, quality = png, None
+            fmt = "PNG" if quality is None else "JPEG"
+            return Preview(base64.b64encode(data).decode(), MIME[fmt], *candidate.size), len(data)
+    return None, smallest
 
 
 def preview(image: Image.Image, max_chars: int, budget: PreviewBudget) -> Preview | None:
     """One image within `max_chars` base64 characters, or None if even a 32 px version does not fit."""
     candidate = fit_size(image.convert("RGB"), budget)
     while True:
-        smallest = None
-        for fmt, quality in ATTEMPTS:
-            data = encode(candidate, fmt, quality)
-            if encoded_chars(len(data)) <= max_chars:
-                return Preview(base64.b64encode(data).decode(), MIME[fmt], *candidate.size)
-            smallest = min(smallest or len(data), len(data))
+        made, smallest = attempt(candidate, max_chars)
+        if made is not None:
+            return made
         w, h = candidate.size
         if max(w, h) <= 32:
             return None
