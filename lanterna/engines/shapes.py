@@ -7,6 +7,7 @@ config, its prediction type, and the names of the VAE and CLIP it was trained wi
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from pathlib import Path
 
@@ -107,8 +108,8 @@ class ShapesEngine:
         if task not in self.capabilities:
             raise InvalidRequest(f"model {self.name!r} cannot do {task!r}; it supports "
                                  f"{sorted(self.capabilities)}")
-        width = request.width or self.defaults.width
-        height = request.height or self.defaults.height
+        width = self.defaults.width if request.width is None else request.width
+        height = self.defaults.height if request.height is None else request.height
         if (width, height) != (self.defaults.width, self.defaults.height):
             raise InvalidRequest(
                 f"width/height: {self.name} draws {self.defaults.width}x{self.defaults.height} "
@@ -118,8 +119,10 @@ class ShapesEngine:
             raise InvalidRequest(f"sampler: unknown {sampler!r}; allowed: {', '.join(SAMPLERS)}")
         if not 1 <= len(request.seeds) <= MAX_IMAGES_PER_RUN:
             raise InvalidRequest(f"seeds: 1 to {MAX_IMAGES_PER_RUN} images a run")
+        if options_error := self.check_numbers(request):
+            raise InvalidRequest(options_error)
         options = SamplingOptions(
-            steps=request.steps or self.defaults.steps,
+            steps=self.defaults.steps if request.steps is None else request.steps,
             guidance=self.defaults.guidance if request.guidance is None else request.guidance,
             sampler=sampler, shift=self.card.get("shift", 1.0),
         )
@@ -142,9 +145,11 @@ class ShapesEngine:
                                                  request.strength, request.negative_prompt,
                                                  on_step, cancelled)
             elif request.task == "inpaint":
+                if request.init_image is None:
+                    raise InvalidRequest("image: inpainting needs an input image")
                 if request.mask is None:
                     raise InvalidRequest("mask: inpainting needs a mask (white = repaint)")
-                if request.init_image is not None and request.mask.size != request.init_image.size:
+                if request.mask.size != request.init_image.size:
                     raise InvalidRequest(f"mask: size {request.mask.size} must equal the image's "
                                          f"size {request.init_image.size}")
                 image = self.require_image(request, width, height)
@@ -153,7 +158,7 @@ class ShapesEngine:
                                           request.strength, request.negative_prompt, on_step,
                                           cancelled)
             else:
-                frames = request.frames or self.defaults.frames
+                frames = self.defaults.frames if request.frames is None else request.frames
                 if not 1 <= frames <= self.max_frames:
                     raise InvalidRequest(f"frames: 1 to {self.max_frames} for {self.name}, got {frames}")
                 result.videos = p.text_to_video(request.prompt, request.seeds, options, frames,
@@ -169,6 +174,14 @@ class ShapesEngine:
                          "scheduler": f"lanterna.samplers.{options.sampler}"}
         result.warnings = self.warnings(request.prompt)
         return result
+
+    @staticmethod
+    def check_numbers(request: GenerationRequest) -> str | None:
+        if request.steps is not None and not (isinstance(request.steps, int) and request.steps >= 1):
+            return f"steps: must be an integer >= 1, got {request.steps!r}"
+        if request.guidance is not None and not (math.isfinite(request.guidance) and request.guidance >= 0):
+            return f"guidance: must be a finite number >= 0, got {request.guidance!r}"
+        return None
 
     @staticmethod
     def require_image(request: GenerationRequest, width: int, height: int) -> Image.Image:
