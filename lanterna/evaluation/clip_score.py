@@ -71,7 +71,9 @@ class ShapesCLIPScorer:
 
     @torch.no_grad()
     def embed_texts(self, prompts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer.encode(list(prompts))
+        max_length = getattr(getattr(self.model, "config", None), "max_length", None)
+        tokens = (self.tokenizer.encode(list(prompts), max_length) if max_length
+                  else self.tokenizer.encode(list(prompts)))
         return self.model.encode_text(tokens.ids, tokens.mask).float()
 
     def clip_scores(self, images: list[Image.Image], prompts: list[str]) -> list[float]:

@@ -155,6 +155,8 @@ def kernel_inception_distance(reference: ArrayLike, generated: ArrayLike, subset
     generator seeded with `seed` (None: torch's global generator); the std is the population one.
     """
     ref, gen = as_float64(reference), as_float64(generated)
+    if subset_size < 2:
+        raise ValueError(f"KID needs subsets of at least 2 images, got subset_size {subset_size}")
     if subset_size > min(len(ref), len(gen)):
         raise ValueError(f"subset_size {subset_size} is larger than a set "
                          f"({len(ref)} reference, {len(gen)} generated images)")
