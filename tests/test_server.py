@@ -458,3 +458,41 @@ async def test_resources_list_newest_outputs(make_server):
         made = (await client.call_tool("generate_image", {"prompt": "a red square", "seed": 1})).structured_content
         listed = await client.list_resources()
         assert made["images"][0]["uri"] in [str(r.uri) for r in listed.resources]
+
+
+@pytest.mark.anyio
+async def test_evaluate_set_metrics_match_the_evaluation_library(make_server, tmp_path):
+    import torch
+
+    from lanterna.evaluation import sets
+    from lanterna.evaluation.features import ModuleFeatures, register_feature_extractor
+
+    def colour_stats(images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255
+        return torch.cat([x.mean((2, 3)), x.std((2, 3)), x.amax((2, 3)) - x.amin((2, 3))], dim=1)
+
+    register_feature_extractor("test-colour-stats", lambda: ModuleFeatures("test-colour-stats", colour_stats))
+    reference_dir = tmp_path / "inputs" / "reference"
+    reference_dir.mkdir()
+    reference = [pattern(500 + i, "a blue square", 64, 64) for i in range(10)]
+    for i, image in enumerate(reference):
+        image.save(reference_dir / f"{i:02d}.png")
+    async with Client(make_server()) as client:
+        made = (await client.call_tool("generate_image", {"prompt": "a red square", "seed": 40, "num_images": 8})
+                ).structured_content
+        uris = [im["uri"] for im in made["images"]]
+        result = await client.call_tool("evaluate", {"images": uris, "metrics": ["fid", "kid", "precision_recall"],
+                                                     "reference": [str(reference_dir)],
+                                                     "features": "test-colour-stats"})
+        assert not result.is_error, result.content[0].text
+        got = result.structured_content["set_metrics"]
+        generated = [Image.open(io.BytesIO((await read_bytes(client, uri))[0])).convert("RGB") for uri in uris]
+    extractor = ModuleFeatures("test-colour-stats", colour_stats)
+    assert (got["generated_count"], got["reference_count"]) == (8, 10)
+    assert got["fid"] == pytest.approx(sets.compute_fid(reference, generated, features=extractor, cache=False),
+                                       rel=1e-4, abs=1e-4)
+    kid = sets.compute_kid(reference, generated, features=extractor, cache=False)
+    assert got["kid"] == pytest.approx(kid.mean, rel=1e-4, abs=1e-6)
+    pr = sets.compute_precision_recall(reference, generated, features=extractor, k=3, cache=False)
+    assert (got["precision"], got["recall"]) == pytest.approx((pr.precision, pr.recall))
+    assert got["fid"] > 0

@@ -100,7 +100,7 @@ class VideoOutput(BaseModel):
 
 class Candidate(BaseModel):
     seed: int
-    clip_score: float
+    clip_score: float | None
     kept: bool
 
 
@@ -319,9 +319,10 @@ def summary_text(report: BaseModel) -> TextContent:
 
 
 def finite_or_none(value: float | None) -> float | None:
+    """A metric for JSON: None when not finite, else kept to 6 significant digits."""
     if value is None or not math.isfinite(value):
         return None
-    return round(float(value), 4)
+    return float(f"{float(value):.6g}")
 
 
 # ---- a job's state as a tool answer ----

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from pydantic import BaseModel, Field, model_validator
@@ -95,7 +96,7 @@ def image_job(rt: Runtime, name: str, request: GenerationRequest, keep: int, ran
         timings.score = round(time.monotonic() - start, 4)
     order = list(range(len(result.images)))
     if ranking and scores is not None:
-        order = sorted(order, key=lambda i: -scores[i])[:keep]
+        order = sorted(order, key=lambda i: -scores[i] if math.isfinite(scores[i]) else math.inf)[:keep]
     report = skeleton.model_copy(deep=True)
     report.job_id = job.id
     report.status = "done"
@@ -103,7 +104,7 @@ def image_job(rt: Runtime, name: str, request: GenerationRequest, keep: int, ran
     report.params = {k: v for k, v in result.params.items() if v is not None}
     report.warnings = list(dict.fromkeys([*report.warnings, *result.warnings]))
     if ranking and scores is not None:
-        report.candidates = [Candidate(seed=s, clip_score=round(scores[i], 4), kept=i in order)
+        report.candidates = [Candidate(seed=s, clip_score=common.finite_or_none(scores[i]), kept=i in order)
                              for i, s in enumerate(result.seeds)]
 
     start = time.monotonic()
