@@ -134,7 +134,10 @@ class LatentDiffusionPipeline:
             lo, hi = KARRAS_SIGMA_RANGE
             return schedules.karras_sigmas(steps, lo, hi)
         t = schedules.flow_sigmas(steps, shift=self.shift)
-        return schedules.flow_time_to_sigma(t).float()
+        # t = 1 has no finite VE sigma; stand it in well above the next one so the schedule
+        # keeps decreasing however fine the grid and large the shift.
+        second = float(schedules.flow_time_to_sigma(t[1:2], sigma_max=1e12)) if steps > 1 else 0.0
+        return schedules.flow_time_to_sigma(t, sigma_max=max(500.0, 4.0 * second)).float()
 
     def run_sampler(self, denoise: Denoiser, noise: torch.Tensor, x_start: torch.Tensor | None,
                     sigmas: torch.Tensor, sampler: str, generators: list[torch.Generator],
