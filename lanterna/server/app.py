@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any
 
+import anyio.to_thread
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError, UnexpectedToolError
@@ -38,6 +39,9 @@ Use evaluate to score images against the prompt; the prompts 'iterate_on_image',
 and 'what_can_this_model_draw' describe workflows."""
 
 RECENT_RESOURCES = 200
+TITLES = {"generate_image": "Generate images", "generate_video": "Generate a video", "edit": "Edit an image",
+          "evaluate": "Evaluate images and videos", "list_models": "List models", "get_job": "Get a job's result",
+          "cancel_job": "Cancel a job"}
 
 
 class LanternaServer(MCPServer):
@@ -62,8 +66,6 @@ class LanternaServer(MCPServer):
             return await super().read_resource(uri, context)
         try:
             name = name_from_uri(text)
-            import anyio.to_thread
-
             data = await anyio.to_thread.run_sync(self.runtime.store.read, name)
         except (InvalidOutputName, OutputNotFound) as e:
             raise ResourceNotFoundError(str(e)) from None
@@ -77,7 +79,7 @@ class LanternaServer(MCPServer):
         return listed
 
 
-def create_server(settings: Settings, registry: ModelRegistry) -> MCPServer:
+def create_server(settings: Settings, registry: ModelRegistry) -> LanternaServer:
     runtime = Runtime.create(settings, registry)
     server = LanternaServer(runtime, name="lanterna", version=lanterna_version(), instructions=INSTRUCTIONS,
                             **auth_options(settings))
@@ -209,15 +211,14 @@ def register_tools(server: MCPServer, rt: Runtime) -> None:
          ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)),
     )
     for name, description, args_model, result_model, run, annotations in specs:
-        server.add_tool(mcp_tool(name, description, args_model, result_model, run), annotations=annotations)
+        server.add_tool(mcp_tool(name, description, args_model, result_model, run), title=TITLES[name],
+                        annotations=annotations)
 
     async def list_models_tool() -> list_models.ModelList:
-        import anyio.to_thread
-
         return await anyio.to_thread.run_sync(list_models.list_models, rt)
 
     list_models_tool.__doc__ = list_models.DESCRIPTION
-    server.add_tool(list_models_tool, name=list_models.NAME, annotations=read_only)
+    server.add_tool(list_models_tool, name=list_models.NAME, title=TITLES[list_models.NAME], annotations=read_only)
 
 
 # ---- resources ----

@@ -92,17 +92,10 @@ class Job:
         if self.cancelled():
             raise GenerationCancelled(f"job {self.id} was cancelled")
 
-    def progress(self) -> tuple[float, float | None, str]:
-        """(progress, total, message), progress increasing: queue moves in [0, 1), then steps 1..n."""
+    def snapshot(self) -> tuple[JobState, int, int, int, int]:
+        """(state, step, total_steps, position, first_position), read together."""
         with self._cond:
-            if self.state == "queued":
-                moved = self.first_position - self.position
-                return moved / (self.first_position + 1), None, f"queued: position {self.position}"
-            if self.state == "running":
-                if self.step == 0:
-                    return 0.99, float(self.total_steps), "started"
-                return float(self.step), float(self.total_steps), f"step {self.step}/{self.total_steps}"
-            return float(max(self.step, self.total_steps, 1)), float(max(self.step, self.total_steps, 1)), self.state
+            return self.state, self.step, self.total_steps, self.position, self.first_position
 
     def wait_change(self, seen_version: int, timeout: float) -> int:
         with self._cond:
@@ -278,15 +271,12 @@ class JobManager:
         `cancel_on_abort` is set, the job is cancelled too.
         """
         deadline = time.monotonic() + timeout
-        last_sent = -1.0
+        reporter = ProgressReporter(report, already_done=job.step) if report is not None else None
         try:
             while True:
                 version = job.version  # read before the state, so no change slips between them
-                if report is not None:
-                    value, total, message = job.progress()
-                    if value > last_sent:
-                        last_sent = value
-                        await report(value, total, message)
+                if reporter is not None:
+                    await reporter.update(*job.snapshot())
                 if job.finished:
                     return
                 remaining = deadline - time.monotonic()
@@ -299,3 +289,33 @@ class JobManager:
                 log.info("request for %s was cancelled; cancelling the job", job.id)
                 self.cancel(job)
             raise
+
+
+class ProgressReporter:
+    """Turns job snapshots into progress notifications whose value only grows.
+
+    Queue moves are reported in [0, 0.9), the start at 0.95, then every denoising step i as i,
+    one notification per step even when several steps passed between two looks at the job.
+    """
+
+    def __init__(self, report: ProgressReport, already_done: int = 0) -> None:
+        self.report = report
+        self.sent_value = -1.0
+        # A late waiter (get_job) starts from the current step rather than replaying the past.
+        self.sent_step = max(0, already_done - 1)
+
+    async def send(self, value: float, total: float | None, message: str) -> None:
+        if value > self.sent_value:
+            self.sent_value = value
+            await self.report(value, total, message)
+
+    async def update(self, state: JobState, step: int, total: int, position: int, first_position: int) -> None:
+        if state == "queued":
+            moved = first_position - position
+            await self.send(0.9 * moved / (first_position + 1), None, f"queued: position {position}")
+            return
+        if step == 0 and state == "running":
+            await self.send(0.95, float(total), "started")
+        for k in range(self.sent_step + 1, step + 1):
+            await self.send(float(k), float(total), f"step {k}/{total}")
+        self.sent_step = max(self.sent_step, step)
