@@ -99,6 +99,9 @@ class PatternEngine:
                                   params={"steps": steps, "guidance": request.guidance or self.defaults.guidance,
                                           "sampler": request.sampler or self.defaults.sampler,
                                           "width": width, "height": height})
+        if self.failure == "black":  # what NaN becomes once cast to uint8
+            result.images = [Image.new("RGB", (width, height)) for _ in request.seeds]
+            return result
         if self.failure == "nan":
             bad = np.full((height, width), np.nan, dtype=np.float32)
             result.images = [Image.fromarray(bad, mode="F") for _ in request.seeds]
@@ -179,6 +182,7 @@ def test_registry() -> ModelRegistry:
     registry.add_engine("pattern", lambda: PatternEngine("pattern"))
     registry.add_engine("pattern-video", lambda: PatternEngine("pattern-video", capabilities=("t2v",)))
     registry.add_engine("nan-engine", lambda: PatternEngine("nan-engine", failure="nan"))
+    registry.add_engine("black-engine", lambda: PatternEngine("black-engine", failure="black"))
     registry.add_engine("crashy", lambda: PatternEngine("crashy", failure="crash"))
     registry.add_scorer("colour-share", ColourScorer)
     registry.default_image_model = "pattern"

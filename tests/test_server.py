@@ -341,6 +341,8 @@ async def test_engine_failures_are_reported_and_the_worker_goes_on(make_server):
         nan = await client.call_tool("generate_image", {"prompt": "a red square", "model": "nan-engine"})
         assert nan.is_error and nan.structured_content["status"] == "failed"
         assert "NaN" in nan.structured_content["error"] and nan.structured_content["images"] == []
+        black = await client.call_tool("generate_image", {"prompt": "a red square", "model": "black-engine"})
+        assert black.is_error and "all-black images" in black.structured_content["error"]
         for _ in range(2):  # the same worker serves again after a crash
             crash = await client.call_tool("generate_image", {"prompt": "a red square", "model": "crashy"})
             assert crash.is_error and "simulated engine crash" in crash.structured_content["error"]

@@ -224,7 +224,7 @@ def register_tools(server: MCPServer, rt: Runtime) -> None:
 # ---- resources ----
 
 def register_resources(server: MCPServer, rt: Runtime) -> None:
-    @server.resource(URI_PREFIX + "{name}", name="output",
+    @server.resource(URI_PREFIX + "{name}", name="output", mime_type="application/octet-stream",
                      description="A generated file: PNG image, MP4 or GIF video, or the JSON sidecar with "
                                  "every parameter (same name, .json). Served with its own mime type.")
     def output(name: str) -> bytes:

@@ -19,11 +19,10 @@ from pydantic import BaseModel, Field
 
 from lanterna.engines.base import Engine, GenerationRequest
 from lanterna.engines.registry import UnknownModel
-from lanterna.server import media
 from lanterna.server.jobs import Job, JobFailure
-from lanterna.server.previews import previews
+from lanterna.server.previews import Preview, previews
 from lanterna.server.runtime import Runtime
-from lanterna.server.store import StoredFile
+from lanterna.server.store import StoredFile, package_versions
 
 MAX_SEED = 2**31 - 1
 ProgressReport = Callable[[float, float | None, str], Awaitable[None]]
@@ -243,18 +242,35 @@ def name_of(engine: Engine) -> str:
 
 # ---- from an engine's result to files, previews and links ----
 
-def check_outputs(images: list[Image.Image], expected: int, what: str = "images") -> None:
-    """An engine must return one finite image per seed; NaN/Inf is an error, never a black picture."""
+NON_FINITE = ("the model produced NaN or Inf values; no image was made (try another seed, fewer steps, "
+              "or a lower guidance)")
+
+
+def check_outputs(images: list[Image.Image], expected: int, what: str = "images", black_each: bool = True) -> None:
+    """An engine must return one finite image per seed; NaN/Inf is an error, never a black picture.
+
+    In-repo engines raise on non-finite values themselves. Others may hand back float images
+    holding NaN, or images already cast to uint8, where NaN became an exact all-zero picture
+    (checked per image, or with `black_each=False` for the whole set, as a video may fade to black).
+    """
     if len(images) != expected:
         raise JobFailure(f"the engine returned {len(images)} {what} for {expected} seeds")
     for image in images:
-        if image.mode in ("F", "I", "I;16"):
-            if not np.isfinite(np.asarray(image, dtype=np.float64)).all():
-                raise JobFailure("the model produced NaN or Inf values; no image was made (try another seed, "
-                                 "fewer steps, or a lower guidance)")
+        pixels = np.asarray(image)
+        if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+            raise JobFailure(NON_FINITE)
+        if black_each and pixels.size and not pixels.any():
+            raise JobFailure(all_black(what))
+    if not black_each and images and not any(np.asarray(image).any() for image in images):
+        raise JobFailure(all_black(what))
 
 
-def loaded_engine(rt: Runtime, name: str, job: Job, timings: Timings) -> Engine:
+def all_black(what: str) -> str:
+    return (f"the model produced only all-black {what}, the mark of NaN or Inf values; "
+            + NON_FINITE.split("; ", 1)[1])
+
+
+def loaded_engine(rt: Runtime, name: str, timings: Timings) -> Engine:
     start = time.monotonic()
     engine = rt.registry.get(name)
     timings.load = round(time.monotonic() - start, 4)
@@ -271,8 +287,6 @@ def run_engine(engine: Engine, request: GenerationRequest, job: Job, timings: Ti
 def file_metadata(tool: str, name: str, engine: Engine, request: GenerationRequest, seed: int,
                   params: dict[str, Any], backend: str) -> dict[str, Any]:
     """Everything needed to make the file again; written into the PNG and the sidecar."""
-    from lanterna.server.store import package_versions
-
     meta: dict[str, Any] = {
         "tool": tool, "model": name, "kind": getattr(engine, "kind", None),
         "weights_hash": safe_weights_hash(engine), "backend": backend,
@@ -292,7 +306,7 @@ def safe_weights_hash(engine: Engine) -> str | None:
         return None
 
 
-def image_content(preview) -> ImageContent:
+def image_content(preview: Preview) -> ImageContent:
     return ImageContent(type="image", data=preview.data, mime_type=preview.mime_type)
 
 

@@ -84,7 +84,7 @@ def image_job(rt: Runtime, name: str, request: GenerationRequest, keep: int, ran
               skeleton: GenerationReport, job: Job, tool: str, extra_meta: dict | None = None) -> Outcome:
     """Runs on the engine's worker: generate, check, rank, store, preview."""
     timings = Timings(queue=round(job.queue_seconds, 4))
-    engine = common.loaded_engine(rt, name, job, timings)
+    engine = common.loaded_engine(rt, name, timings)
     result = common.run_engine(engine, request, job, timings)
     common.check_outputs(result.images, len(request.seeds))
     job.raise_if_cancelled()

@@ -64,14 +64,14 @@ def video_job(rt: Runtime, name: str, request: GenerationRequest, fps: int, scor
               job: Job) -> Outcome:
     """Runs on the engine's worker: generate, check, encode MP4 + GIF + contact sheet, store, preview."""
     timings = Timings(queue=round(job.queue_seconds, 4))
-    engine = common.loaded_engine(rt, name, job, timings)
+    engine = common.loaded_engine(rt, name, timings)
     result = common.run_engine(engine, request, job, timings)
     if len(result.videos) != len(request.seeds):
         raise common.JobFailure(f"the engine returned {len(result.videos)} videos for {len(request.seeds)} seeds")
     for frames in result.videos:
         if not frames:
             raise common.JobFailure("the engine returned a video without frames")
-        common.check_outputs(frames, len(frames), "frames")
+        common.check_outputs(frames, len(frames), "frames", black_each=False)
     job.raise_if_cancelled()
 
     report = skeleton.model_copy(deep=True)
