@@ -37,7 +37,7 @@ from lanterna.engines.nets.layers import (
 class VideoDiTConfig:
     in_channels: int = 4
     patch_size: int = 2
-    width: int = 192
+    width: int = 128
     depth: int = 6
     heads: int = 4
     mlp_ratio: float = 4.0
@@ -50,8 +50,9 @@ class VideoDiTConfig:
 VIDEO_DIT_SIZES: dict[str, dict] = {
     "tiny": dict(in_channels=4, patch_size=2, width=32, depth=2, heads=2, context_dim=32,
                  max_frames=16, frequency_dim=32),
-    # 16 frames of 16x16x4 latents -> 16 x 64 tokens; ~5.4 M parameters.
-    "default": dict(in_channels=4, patch_size=2, width=192, depth=6, heads=4, context_dim=128,
+    # 16 frames of 16x16x4 latents -> 16 x 64 tokens; 3.0 M parameters, 3.6 GFLOP a forward
+    # pass (a quarter of that on 32x32 frames).
+    "default": dict(in_channels=4, patch_size=2, width=128, depth=6, heads=4, context_dim=128,
                     max_frames=16),
 }
 
