@@ -31,6 +31,11 @@ BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/=\s_-]+$")
 
 # Refuse truncated files instead of silently padding them with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow's own decompression-bomb guard (a warning above the limit, an error above twice it), set
+# explicitly rather than inherited. Each server's `max_input_pixels` is checked on top of it, from
+# the header, before any pixel is decoded.
+PILLOW_MAX_PIXELS = 50_000_000
+Image.MAX_IMAGE_PIXELS = PILLOW_MAX_PIXELS
 
 
 class InputError(ValueError):
@@ -42,10 +47,6 @@ class InputRules:
     allow_dirs: tuple[Path, ...]
     max_bytes: int
     max_pixels: int
-
-    def __post_init__(self) -> None:
-        # Pillow's own bomb guard (a warning above the limit, an error above twice it) follows ours.
-        Image.MAX_IMAGE_PIXELS = self.max_pixels
 
 
 ACCEPTED = ("a lanterna://outputs/NAME resource of this server, a data:image/...;base64 URL or "
