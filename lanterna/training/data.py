@@ -22,7 +22,7 @@ def from_pixels(x: torch.Tensor) -> np.ndarray:
 
 def image_batch(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, list[str]]:
     """A mixed batch over every image task, never showing a held-out composition."""
-    images, captions, _ = sampling.sample_batch(rng, n, antialias=bool(rng.integers(2)))
+    images, captions, _ = sampling.sample_batch(rng, n)
     return to_pixels(images), captions
 
 

@@ -19,7 +19,8 @@ IMAGE_TASKS = ("single_object", "two_objects", "counting", "colors", "position",
 
 
 def build(recipe: Recipe) -> ShapesCLIP:
-    return ShapesCLIP(ShapesCLIPConfig(**CLIP_SIZES[recipe.size]))
+    config = dict(CLIP_SIZES[recipe.size], vocab_size=ShapesTokenizer().vocab_size)
+    return ShapesCLIP(ShapesCLIPConfig(**config))
 
 
 def contrastive_loss(model: ShapesCLIP, pixels: torch.Tensor, ids: torch.Tensor,

@@ -19,7 +19,7 @@ EVAL_SEED = 10_000  # held-out renders come from a seed no training batch uses
 
 
 def build(recipe: Recipe) -> AutoencoderKL:
-    return AutoencoderKL(VAEConfig(**VAE_SIZES[recipe.size]))
+    return AutoencoderKL(VAEConfig(**(VAE_SIZES[recipe.size] | recipe.extra.get("net", {}))))
 
 
 def vae_loss(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator | None = None) -> dict:
@@ -60,7 +60,7 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
         with autocast(recipe.bf16):
             losses = vae_loss(vae, x)
         grad = optimizer_step(trainable, losses["loss"], recipe, step)
-        return {k: float(v) for k, v in losses.items()} | {"grad_norm": grad}
+        return {k: float(v.detach()) for k, v in losses.items()} | {"grad_norm": grad}
 
     def evaluate(step: int) -> dict:
         return {"psnr_db": round(held_out_psnr(vae), 3)}

