@@ -41,7 +41,9 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
                    "or ~/.local/share/lanterna/outputs)")
     p.add_argument("--allow-dir", type=Path, action="append", default=[],
                    help="a folder input images may be read from (repeatable)")
-    p.add_argument("--config", type=Path, help="settings file (TOML or JSON, keys as in lanterna.config.Settings)")
+    p.add_argument("--config", type=Path, help="settings and model registry file (TOML or JSON: keys of "
+                   "lanterna.config.Settings, [models.NAME] and [scorer] tables; also $LANTERNA_CONFIG)")
+    p.add_argument("--scorer", type=Path, help="a CLIP folder (transformers format) to score every model's outputs")
     p.add_argument("--registry-module", metavar="MODULE:FUNCTION",
                    help="serve the ModelRegistry this function returns instead of the bundled models "
                         "(also $LANTERNA_REGISTRY)")
@@ -53,7 +55,7 @@ def settings_from(args: argparse.Namespace, **extra: Any):
 
     models = dict(getattr(args, "add_model", None) or [])
     return load_settings(args.config, output_dir=args.output_dir, allow_dirs=args.allow_dir, models=models,
-                         registry=args.registry_module, **extra)
+                         registry=args.registry_module, scorer=args.scorer, **extra)
 
 
 def load_object(spec: str) -> Any:
@@ -64,39 +66,17 @@ def load_object(spec: str) -> Any:
 
 
 def build_registry(settings):
-    """The registry to serve: a named factory, else the bundled models (empty if they are unavailable)."""
+    """The registry to serve: a named factory's, else the bundled models; plus configured models (config_file)."""
+    from lanterna.config_file import build_registry as with_configured_models
     from lanterna.engines.registry import ModelRegistry
 
+    base = None
     if settings.registry:
         target = load_object(settings.registry)
-        registry = target() if callable(target) else target
-        if not isinstance(registry, ModelRegistry):
-            raise TypeError(f"{settings.registry} gave {type(registry).__name__}, not a ModelRegistry")
-    else:
-        try:
-            from lanterna.engines.bundled import default_registry
-
-            registry = default_registry()
-        except Exception as e:  # no bundled models yet is a valid state: serve an empty registry
-            log.warning("bundled models unavailable (%s: %s); serving no built-in models", type(e).__name__, e)
-            registry = ModelRegistry()
-    add_local_models(registry, settings.models)
-    return registry
-
-
-def add_local_models(registry, models: dict[str, Path]) -> None:
-    if not models:
-        return
-    try:
-        from lanterna.engines import diffusers as diffusers_engine
-    except ImportError as e:
-        log.warning("cannot add %s: the diffusers adapter is unavailable (%s)", ", ".join(models), e)
-        return
-    factory = getattr(diffusers_engine, "engine_for_path", None) or getattr(diffusers_engine, "DiffusersEngine")
-    for name, path in models.items():
-        registry.add_engine(name, lambda name=name, path=path: factory(name, path))
-        if registry.default_image_model is None:
-            registry.default_image_model = name
+        base = target() if callable(target) else target
+        if not isinstance(base, ModelRegistry):
+            raise TypeError(f"{settings.registry} gave {type(base).__name__}, not a ModelRegistry")
+    return with_configured_models(settings, base)
 
 
 def configure_logging(verbose: bool) -> None:
@@ -162,6 +142,8 @@ def add_generation_options(p: argparse.ArgumentParser, video: bool = False) -> N
     p.add_argument("--seed", type=int, default=-1)
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
+    p.add_argument("--backend", choices=("torch", "onnx", "auto"),
+                   help="inference backend (default: the model's); onnx needs pip install 'lanterna[onnx]'")
     add_common_options(p)
 
 
@@ -291,7 +273,7 @@ def run_generate(args: argparse.Namespace) -> int:
         return GenerateImageArgs(prompt=args.prompt, negative_prompt=args.negative, width=args.width,
                                  height=args.height, steps=args.steps, guidance=args.guidance, seed=args.seed,
                                  sampler=args.sampler, model=model, num_images=args.num_images,
-                                 best_of=args.best_of, score=args.score, wait_seconds=600)
+                                 best_of=args.best_of, score=args.score, backend=args.backend, wait_seconds=600)
 
     if args.output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         log.error("-o: write .png, .jpg or .webp")
@@ -305,7 +287,7 @@ def run_video(args: argparse.Namespace) -> int:
     def make(model):
         return GenerateVideoArgs(prompt=args.prompt, negative_prompt=args.negative, frames=args.frames,
                                  fps=args.fps, width=args.width, height=args.height, steps=args.steps,
-                                 guidance=args.guidance, seed=args.seed, model=model, wait_seconds=600)
+                                 guidance=args.guidance, seed=args.seed, model=model, backend=args.backend, wait_seconds=600)
 
     if args.output.suffix.lower() not in (".mp4", ".gif"):
         log.error("-o: write .mp4 or .gif")
@@ -325,7 +307,7 @@ def run_edit(args: argparse.Namespace) -> int:
         return EditArgs(image=str(image), prompt=args.prompt, mode=args.mode, mask=str(mask) if mask else None,
                         strength=args.strength, negative_prompt=args.negative, steps=args.steps,
                         guidance=args.guidance, seed=args.seed, model=model, num_images=args.num_images,
-                        wait_seconds=600)
+                        backend=args.backend, wait_seconds=600)
 
     if args.output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         log.error("-o: write .png, .jpg or .webp")

@@ -1,7 +1,8 @@
 """Server settings: where outputs go, which input folders may be read, limits, HTTP options.
 
 Precedence, lowest first: defaults, environment variables (`LANTERNA_*`), a config file
-(`--config FILE`, TOML or JSON with the same keys as `Settings`), command-line flags.
+(`--config FILE` or $LANTERNA_CONFIG, TOML or JSON with the same keys as `Settings`; its
+`[models.NAME]` and `[scorer]` tables are described in lanterna/config_file.py), command-line flags.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lanterna.config_file import ModelEntry, ScorerEntry, read_toml
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -37,8 +40,9 @@ class Settings(BaseModel):
                                   description="size cap of the output folder; the oldest files go first")
     allow_dirs: list[Path] = Field(default_factory=lambda: [Path(p) for p in env_list("LANTERNA_ALLOW_DIRS")],
                                    description="folders `edit`/`evaluate` may read input files from")
-    models: dict[str, Path] = Field(default_factory=dict,
-                                    description="extra models: name -> local diffusers folder")
+    models: dict[str, ModelEntry] = Field(default_factory=dict,
+                                          description="extra models: name -> a folder or a [models.NAME] table")
+    scorer: ScorerEntry | None = Field(None, description="a CLIP folder (transformers format) scoring every model")
     registry: str | None = Field(default_factory=lambda: os.environ.get("LANTERNA_REGISTRY"),
                                  description="'module:function' returning the ModelRegistry to serve "
                                              "(default: the bundled models)")
@@ -78,15 +82,7 @@ class Settings(BaseModel):
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Keys of `Settings` from a TOML (.toml) or JSON file."""
-    text = path.read_text()
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-    else:
-        try:
-            import tomllib  # Python >= 3.11
-        except ModuleNotFoundError:
-            raise ValueError(f"{path}: TOML settings need Python 3.11 or later; write JSON (.json) instead") from None
-        data = tomllib.loads(text)
+    data = json.loads(path.read_text()) if path.suffix.lower() == ".json" else read_toml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a table of settings")
     return data.get("lanterna", data)
@@ -94,7 +90,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Settings from the environment, then the config file, then explicit overrides (None = unset)."""
-    values: dict[str, Any] = read_config_file(config_file) if config_file else {}
+    config_file = config_file or (Path(os.environ["LANTERNA_CONFIG"]) if os.environ.get("LANTERNA_CONFIG") else None)
+    values: dict[str, Any] = read_config_file(config_file.expanduser()) if config_file else {}
     for key, value in overrides.items():
         if value is None or value == [] or value == {}:
             continue
