@@ -499,3 +499,28 @@ async def test_evaluate_set_metrics_match_the_evaluation_library(make_server, tm
     pr = sets.compute_precision_recall(reference, generated, features=extractor, k=3, cache=False)
     assert (got["precision"], got["recall"]) == pytest.approx((pr.precision, pr.recall))
     assert got["fid"] > 0
+
+
+@pytest.mark.anyio
+async def test_evaluate_gives_shapes_world_verdicts(make_server):
+    world = pytest.importorskip("lanterna.world")
+    import numpy as np
+
+    from lanterna.world.layout import layout
+
+    scene = layout(np.random.default_rng(3), world.parse_caption("a red circle to the left of a blue square"))
+    picture = Image.fromarray(world.render(scene))
+    data_url = "data:image/png;base64," + base64.b64encode(png_bytes(picture)).decode()
+    async with Client(make_server()) as client:
+        right = await client.call_tool("evaluate", {"images": [data_url],
+                                                    "prompt": "a red circle to the left of a blue square"})
+        verdict = right.structured_content["images"][0]["verdict"]
+        assert verdict["passed"] and verdict["failures"] == [] and right.structured_content["verdicts_passed"] == 1
+        assert any(c["requirement"].startswith("red circle left of") for c in verdict["checks"])
+        wrong = await client.call_tool("evaluate", {"images": [data_url], "prompt": "a green triangle",
+                                                    "metrics": ["verdict"]})
+        verdict = wrong.structured_content["images"][0]["verdict"]
+        assert not verdict["passed"] and any("green triangle" in f for f in verdict["failures"])
+        free = await client.call_tool("evaluate", {"images": [data_url], "prompt": "a cat on a sofa"})
+        assert "verdict" not in free.structured_content["images"][0]
+        assert any("not a Shapes World caption" in w for w in free.structured_content["warnings"])

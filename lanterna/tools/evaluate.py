@@ -140,6 +140,7 @@ def evaluate_blocking(args: EvaluateArgs, rt: Runtime) -> EvaluationReport:
     wanted_sets = [m for m in args.metrics if m in SET_METRICS]
     if wanted_sets:
         report.set_metrics = set_metrics(args, rt, [im for _, im in stills], wanted_sets, report)
+    report.warnings = list(dict.fromkeys(report.warnings))
     return report
 
 
