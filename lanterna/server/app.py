@@ -122,12 +122,13 @@ def auth_options(settings: Settings) -> dict[str, Any]:
 def argument_message(error: ValidationError) -> str:
     parts = []
     for err in error.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "arguments"
+        where = ".".join(str(p) for p in err["loc"])
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] not in ("value_error", "missing") and isinstance(err.get("input"), (int, float, str)):
             value = err["input"]
             message += f" (got {value if not isinstance(value, str) else repr(value[:60])})"
-        parts.append(message if message.startswith(where + ":") else f"{where}: {message}")
+        # Checks across arguments name their argument themselves ("mask: ...").
+        parts.append(message if not where or message.startswith(where + ":") else f"{where}: {message}")
     return "; ".join(parts)
 
 
