@@ -8,9 +8,11 @@ module, same machine, median of 5 interleaved runs. Writes the "## FID" section 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import re
 import statistics
+import textwrap
 import time
 from pathlib import Path
 
@@ -43,7 +45,24 @@ def rendered_like(n: int, seed: int, colours=COLOURS, size: int = 64) -> torch.T
             else:
                 r = side / 2
                 out[i][(yy - y0 - r) ** 2 + (xx - x0 - r) ** 2 <= r * r] = colour
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    return nchw(out)
+
+
+def image_sets() -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Shapes World renders when lanterna.world is there (a training mix against counting scenes),
+    else the numpy stand-in above."""
+    try:
+        from lanterna.world import sampling
+    except ImportError:
+        return (rendered_like(1000, seed=1), rendered_like(1000, seed=2, colours=COLOURS[:4]),
+                "Shapes-like (numpy-drawn squares and discs)")
+    ref, _, _ = sampling.sample_batch(np.random.default_rng(1), 1000)
+    gen, _, _ = sampling.sample_task(np.random.default_rng(2), "counting", 1000)
+    return nchw(ref), nchw(gen), "Shapes World renders (training mix vs counting scenes)"
+
+
+def nchw(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
 
 
 def shapes_clip() -> tuple[ShapesCLIPFeatures, str]:
@@ -99,20 +118,28 @@ def timed(fn) -> tuple[float, float]:
 
 def measure(runs: int, batch: int) -> dict:
     extractor, described = shapes_clip()
-    ref, gen = rendered_like(1000, seed=1), rendered_like(1000, seed=2, colours=COLOURS[:4])
+    ref, gen, images = image_sets()
     module = AsModule(extractor)
     with torch.no_grad():
         f_ref = torch.cat([extractor(b) for b in ref.split(batch)])
         f_gen = torch.cat([extractor(b) for b in gen.split(batch)])
+    # Inception's width, to show the distance step where it costs most (random features).
+    g = torch.Generator().manual_seed(0)
+    wide_ref = torch.randn(1000, 2048, generator=g)
+    wide_gen = torch.randn(1000, 2048, generator=g) * 1.1 + 0.1
     cases = {
-        "end to end (images -> FID)": (
+        f"end to end (images -> FID), {extractor.dim}-d": (
             lambda: sets.compute_fid(ref, gen, extractor, cache=False, batch_size=batch),
             lambda: torchmetrics_fid(module, ref, gen, batch)),
-        "distance only (features given)": (
+        f"distance only (features given), {extractor.dim}-d": (
             lambda: frechet_distance(FeatureStats.of(f_ref), FeatureStats.of(f_gen)),
             lambda: torchmetrics_fid(Identity(extractor.dim), f_ref, f_gen, batch)),
+        "distance only, 2048-d random features": (
+            lambda: frechet_distance(FeatureStats.of(wide_ref), FeatureStats.of(wide_gen)),
+            lambda: torchmetrics_fid(Identity(2048), wide_ref, wide_gen, batch)),
     }
     rows = []
+    load_before = os.getloadavg()[0]
     for label, (ours_fn, theirs_fn) in cases.items():
         ours_t, theirs_t, values = [], [], []
         for _ in range(runs):  # interleaved, so load from other work on the machine hits both
@@ -121,35 +148,41 @@ def measure(runs: int, batch: int) -> dict:
             t, theirs = timed(theirs_fn)
             theirs_t.append(t)
             values.append((ours, theirs))
-        rows.append({"case": label, "ours": statistics.median(ours_t),
-                     "torchmetrics": statistics.median(theirs_t), "fid": values[-1]})
-    return {"features": described, "dim": extractor.dim, "rows": rows, "runs": runs, "batch": batch}
+        rows.append({"case": label, "ours": ours_t, "torchmetrics": theirs_t, "fid": values[-1]})
+    return {"features": described, "images": images, "rows": rows, "runs": runs, "batch": batch,
+            "load": (load_before, os.getloadavg()[0])}
+
+
+def seconds(times: list[float]) -> str:
+    return f"{statistics.median(times):.3f} ({min(times):.3f}-{max(times):.3f})"
 
 
 def markdown(result: dict) -> str:
-    lines = [
-        "## FID",
-        "",
-        f"`bench/bench_fid.py`: FID between 1,000 reference and 1,000 generated 64 x 64 Shapes-like "
-        f"images (2,000 in all), features: {result['features']}, {result['dim']}-d; batch "
-        f"{result['batch']}; median of {result['runs']} interleaved runs; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}.",
-        "",
-        "| case | lanterna (s) | torchmetrics (s) | speed-up | FID lanterna | FID torchmetrics |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+    intro = (
+        f"`bench/bench_fid.py`: FID between 1,000 reference and 1,000 generated 64 x 64 images "
+        f"(2,000 in all; {result['images']}) with features from a {result['features']}; "
+        f"batch {result['batch']}; "
+        f"median (and range) of {result['runs']} interleaved runs, seconds; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {platform.machine()}; 1-minute load average "
+        f"{result['load'][0]:.1f} before and {result['load'][1]:.1f} after (other jobs shared the "
+        f"2 cores).")
+    lines = ["## FID", "", *textwrap.wrap(intro, 100), "",
+             "| case | lanterna | torchmetrics | speed-up | FID lanterna | FID torchmetrics |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for row in result["rows"]:
         ours, theirs = row["fid"]
-        lines.append(f"| {row['case']} | {row['ours']:.3f} | {row['torchmetrics']:.3f} | "
-                     f"{row['torchmetrics'] / row['ours']:.2f}x | {ours:.6f} | {theirs:.6f} |")
-    lines += ["", "Both sides run the same feature module on the same images, so end to end the "
-              "shared feature extraction dominates and the two times differ by little more than the "
-              "machine's noise (other jobs share its 2 cores; runs are interleaved for that reason). "
-              "The distance step differs: lanterna accumulates mean and covariance in float64 batch by "
-              "batch and takes tr sqrt(S1 S2) as the nuclear norm of F2^T F1 for Cholesky factors "
-              "F F^T = S (eigen-factors at reduced rank when S is singular); torchmetrics takes the "
-              "eigenvalues of the non-symmetric product S1 S2.", ""]
-    return "\n".join(lines)
+        speedup = statistics.median(row["torchmetrics"]) / statistics.median(row["ours"])
+        lines.append(f"| {row['case']} | {seconds(row['ours'])} | {seconds(row['torchmetrics'])} | "
+                     f"{speedup:.2f}x | {ours:.6f} | {theirs:.6f} |")
+    notes = (
+        "Both sides run the same feature module on the same images, so end to end the shared "
+        "feature extraction dominates, and the gap there is mostly the machine's noise (runs are "
+        "interleaved so that both sides meet the same load; lanterna also runs the extractor "
+        "under inference mode). The distance step differs: lanterna accumulates mean and "
+        "covariance in float64 batch by batch and takes tr sqrt(S1 S2) as the nuclear norm of "
+        "F2^T F1 for Cholesky factors F F^T = S (eigen-factors at reduced rank when S is "
+        "singular); torchmetrics takes the eigenvalues of the non-symmetric product S1 S2.")
+    return "\n".join([*lines, "", *textwrap.wrap(notes, 100), ""])
 
 
 def write_section(section: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
@@ -167,8 +200,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     section = markdown(measure(args.runs, args.batch))
     print(section)
     if not args.no_write:

@@ -183,6 +183,28 @@ def test_fid_of_a_set_with_itself_is_zero(extractor):
     assert frechet_distance(stats, stats) == pytest.approx(0, abs=1e-6)
 
 
+def test_fid_factor_paths_agree():
+    """Exact data factors (small sets), eigen-factors of a singular covariance and Cholesky."""
+    from dataclasses import replace
+
+    g = torch.Generator().manual_seed(2)
+    small1 = torch.randn(40, 96, dtype=torch.float64, generator=g) @ torch.randn(96, 96, dtype=torch.float64, generator=g)
+    small2 = torch.randn(50, 96, dtype=torch.float64, generator=g) + 0.3
+    s1, s2 = FeatureStats.of(small1), FeatureStats.of(small2)
+    assert s1.factor is not None and s1.is_singular()
+    assert np.allclose(s1.factor @ s1.factor.T, s1.cov)
+    by_data = frechet_distance(s1, s2)
+    by_eigen = frechet_distance(replace(s1, factor=None), replace(s2, factor=None))
+    assert by_data == pytest.approx(by_eigen, rel=1e-9)
+    assert frechet_distance(replace(s1, factor=None), replace(s1, factor=None)) == pytest.approx(0, abs=1e-6)
+    big1, big2 = (torch.cat([x, x * 0.9 + 0.1, x * 1.1 - 0.1]) for x in (small1, small2))
+    b1, b2 = FeatureStats.of(big1[:100]), FeatureStats.of(big2[:100])  # 100 > 96: full rank, Cholesky
+    assert b1.factor is None and not b1.is_singular()
+    reference = float(np.sum((b1.mean - b2.mean) ** 2) + np.trace(b1.cov) + np.trace(b2.cov)
+                      - 2 * np.sqrt(np.linalg.eigvals(b1.cov @ b2.cov).astype(complex)).real.sum())
+    assert frechet_distance(b1, b2) == pytest.approx(reference, rel=1e-8)
+
+
 def test_fid_with_equal_covariances_is_the_squared_mean_distance():
     x = torch.randn(200, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     shift = torch.linspace(-1, 2, 16, dtype=torch.float64)

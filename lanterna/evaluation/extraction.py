@@ -47,9 +47,10 @@ def extract_features(source: ImageSource, extractor: FeatureExtractor, batch_siz
                      progress: bool = False) -> torch.Tensor:
     """N x dim features of every image, in the extractor's dtype, on the CPU."""
     images = ImageSet.of(source)
-    parts = [extractor(batch).detach().cpu()
-             for batch in batches_with_progress(images, batch_size, progress, extractor.name)]
-    return torch.cat(parts)
+    with torch.inference_mode():
+        parts = [extractor(batch).cpu()
+                 for batch in batches_with_progress(images, batch_size, progress, extractor.name)]
+    return torch.cat(parts).clone()  # a normal tensor again, usable outside inference mode
 
 
 class StatsCache:
@@ -107,9 +108,10 @@ class StatsCache:
         key = self.key(images, extractor, "stats")
         entry = self.load(key)
         if entry is not None:
-            return FeatureStats(entry["mean"], entry["cov"], int(entry["count"]))
+            return FeatureStats(entry["mean"], entry["cov"], int(entry["count"]), entry.get("factor"))
         stats = feature_stats(images, extractor, batch_size, progress)
-        self.save(key, mean=stats.mean, cov=stats.cov, count=np.array(stats.count))
+        extra = {} if stats.factor is None else {"factor": stats.factor}
+        self.save(key, mean=stats.mean, cov=stats.cov, count=np.array(stats.count), **extra)
         return stats
 
 
@@ -118,6 +120,7 @@ def feature_stats(source: ImageSource, extractor: FeatureExtractor, batch_size: 
     """Mean and covariance of a set's features, accumulated batch by batch (no N x d matrix)."""
     images = ImageSet.of(source)
     acc = StatsAccumulator()
-    for batch in batches_with_progress(images, batch_size, progress, extractor.name):
-        acc.add(extractor(batch))
-    return acc.stats()
+    with torch.inference_mode():
+        for batch in batches_with_progress(images, batch_size, progress, extractor.name):
+            acc.add(extractor(batch))
+        return acc.stats()

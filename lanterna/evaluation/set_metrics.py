@@ -6,6 +6,7 @@ from images, and caching a reference set's statistics, is lanterna/evaluation/ex
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,11 +24,21 @@ def as_float64(features: ArrayLike) -> torch.Tensor:
 
 @dataclass
 class FeatureStats:
-    """Mean and unbiased covariance (ddof 1) of a feature set: what FID compares."""
+    """Mean and unbiased covariance (ddof 1) of a feature set: what FID compares.
+
+    For sets no larger than the feature size, `factor` (d x n) holds the centred features over
+    sqrt(n - 1), so factor @ factor.T = cov: an exact factor of the singular covariance, which
+    spares FID an eigendecomposition. It is never larger than `cov`.
+    """
 
     mean: np.ndarray
     cov: np.ndarray
     count: int
+    factor: np.ndarray | None = None
+
+    def is_singular(self) -> bool:
+        """A covariance of n features has rank at most n - 1."""
+        return self.count - 1 < self.mean.shape[0]
 
     @classmethod
     def of(cls, features: ArrayLike) -> FeatureStats:
@@ -40,19 +51,25 @@ class StatsAccumulator:
     """Mean and covariance over batches, merged with Chan et al.'s pairwise update (1979).
 
     Keeping the scatter about the running mean, not raw sums of x x^T, avoids the cancellation
-    that sum-of-squares covariances suffer when features have a large mean.
+    that sum-of-squares covariances suffer when features have a large mean. While the set is no
+    larger than the feature size, its rows are kept too, for `FeatureStats.factor`.
     """
 
     def __init__(self) -> None:
         self.count = 0
         self.mean: torch.Tensor | None = None
         self.scatter: torch.Tensor | None = None
+        self.rows: list[torch.Tensor] | None = []
 
     def add(self, features: ArrayLike) -> None:
         x = as_float64(features)
         n = x.shape[0]
         if n == 0:
             return
+        if self.rows is not None:
+            self.rows.append(x)
+            if self.count + n > x.shape[1]:
+                self.rows = None
         mean_b = x.mean(0)
         centred = x - mean_b
         scatter_b = centred.T @ centred
@@ -70,41 +87,58 @@ class StatsAccumulator:
             raise ValueError("a covariance needs at least 2 images in the set")
         cov = self.scatter / (self.count - 1)
         cov = (cov + cov.T) / 2
-        return FeatureStats(self.mean.numpy(), cov.numpy(), self.count)
+        factor = None
+        if self.rows is not None:
+            factor = ((torch.cat(self.rows) - self.mean).T / math.sqrt(self.count - 1)).numpy()
+        return FeatureStats(self.mean.numpy(), cov.numpy(), self.count, factor)
 
 
-def psd_factor(matrix: torch.Tensor) -> torch.Tensor:
+def psd_factor(matrix: torch.Tensor, singular: bool = False) -> torch.Tensor:
     """A factor F with F F^T = matrix (symmetric positive semi-definite), to round-off.
 
     Cholesky when it goes through (backward stable, and cheap); for a singular covariance (fewer
-    images than features), the eigenvectors scaled by sqrt(eigenvalue), keeping only the
-    eigenvalues above the numerical-rank threshold d * eps * max: the rest are round-off of zeros.
+    images than features: say so with `singular` to skip the Cholesky attempt), the eigenvectors
+    scaled by sqrt(eigenvalue), keeping only the eigenvalues above the numerical-rank threshold
+    d * eps * max: the rest are round-off of zeros.
     """
-    factor, info = torch.linalg.cholesky_ex(matrix)
-    if int(info) == 0:
-        return factor
+    if not singular:
+        factor, info = torch.linalg.cholesky_ex(matrix)
+        if int(info) == 0:
+            return factor
     eigvals, eigvecs = torch.linalg.eigh(matrix)
     threshold = matrix.shape[0] * torch.finfo(torch.float64).eps * float(eigvals.max().clamp_min(0))
     keep = eigvals > threshold
     return eigvecs[:, keep] * eigvals[keep].sqrt()
 
 
-def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
-    """tr sqrt(cov1 cov2), computed as the nuclear norm of F2^T F1 for factors F F^T = cov.
+def covariance_factor(stats: FeatureStats) -> torch.Tensor:
+    if stats.factor is not None:
+        return torch.as_tensor(stats.factor, dtype=torch.float64)
+    return psd_factor(torch.as_tensor(stats.cov, dtype=torch.float64), stats.is_singular())
+
+
+def nuclear_norm_of_product(factor2: torch.Tensor, factor1: torch.Tensor) -> float:
+    """tr sqrt(cov1 cov2) for factors F F^T = cov, as the nuclear norm of F2^T F1.
 
     (F2^T F1)^T (F2^T F1) = F1^T cov2 F1 has the eigenvalues of cov2 F1 F1^T = cov2 cov1, so the
     trace of the square root is the sum of F2^T F1's singular values. SVD gets small singular
     values to absolute precision eps * |F2^T F1|, where the eigenvalues of a product would lose
     half their digits under the square root, and no complex round-off of a general `sqrtm` or
-    `eigvals` arises. Singular covariances shrink the factors to their rank, and the SVD with them.
-    (torch.linalg throughout: mixing torch's and numpy's BLAS thread pools stalls both.)
+    `eigvals` arises. Factors of singular covariances have only as many columns as their rank,
+    and the SVD shrinks with them. (torch.linalg throughout: mixing torch's and numpy's BLAS
+    thread pools stalls both.)
     """
-    f1 = psd_factor(torch.as_tensor(cov1, dtype=torch.float64))
-    f2 = psd_factor(torch.as_tensor(cov2, dtype=torch.float64))
-    product = f2.T @ f1
+    product = factor2.T @ factor1
     if product.numel() == 0:
         return 0.0
     return float(torch.linalg.svdvals(product).sum())
+
+
+def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
+    """tr sqrt(cov1 cov2) of two covariance matrices (see `nuclear_norm_of_product`)."""
+    f1 = psd_factor(torch.as_tensor(cov1, dtype=torch.float64))
+    f2 = psd_factor(torch.as_tensor(cov2, dtype=torch.float64))
+    return nuclear_norm_of_product(f2, f1)
 
 
 def frechet_distance(stats1: FeatureStats, stats2: FeatureStats) -> float:
@@ -116,8 +150,8 @@ def frechet_distance(stats1: FeatureStats, stats2: FeatureStats) -> float:
         raise ValueError(f"feature sizes differ: {stats1.mean.shape[0]} and {stats2.mean.shape[0]}")
     mean_term = float(np.sum((stats1.mean - stats2.mean) ** 2))
     trace_term = float(np.trace(stats1.cov) + np.trace(stats2.cov))
-    distance = mean_term + trace_term - 2 * trace_sqrt_product(stats1.cov, stats2.cov)
-    return max(distance, 0.0)
+    cross = nuclear_norm_of_product(covariance_factor(stats2), covariance_factor(stats1))
+    return max(mean_term + trace_term - 2 * cross, 0.0)
 
 
 def poly_kernel(x: torch.Tensor, y: torch.Tensor, degree: int = 3, gamma: float | None = None,
