@@ -542,6 +542,8 @@ def test_cli_says_when_bundled_clip_weights_are_missing(tmp_path, capsys, monkey
     assert code == 2 and out == "" and "shapes-clip weights are missing" in err
     code, out, err = run_cli(["evaluate", "fid", str(image.parent), str(image.parent)], capsys)
     assert code == 2 and "shapes-clip weights are missing" in err
+    code, out, err = run_cli(["evaluate", "fid", str(image.parent), str(tmp_path / "nowhere")], capsys)
+    assert code == 2 and out == "" and "nowhere" in err
     iio_clip = tmp_path / "frames"
     save_folder(moving_square(), iio_clip)
     code, out, err = run_cli(["evaluate", "video", str(iio_clip)], capsys)

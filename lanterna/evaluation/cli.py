@@ -141,9 +141,9 @@ def run_clip(args: argparse.Namespace) -> int:
 def run_set_metric(args: argparse.Namespace) -> int:
     from lanterna.evaluation import sets
 
+    reference, generated = image_paths([args.reference]), image_paths([args.generated])
     extractor = extractor_from_args(args)
     cache: StatsCache | bool = False if args.no_cache else StatsCache(args.cache_dir)
-    reference, generated = image_paths([args.reference]), image_paths([args.generated])
     common = dict(cache=cache, batch_size=args.batch_size, progress=True)
     if args.metric == "fid":
         values = {"fid": sets.compute_fid(reference, generated, extractor, **common)}
@@ -166,8 +166,8 @@ def run_set_metric(args: argparse.Namespace) -> int:
 def run_inception_score(args: argparse.Namespace) -> int:
     from lanterna.evaluation.sets import compute_inception_score
 
-    extractor = extractor_from_args(args)
     paths = image_paths([args.images])
+    extractor = extractor_from_args(args)
     score = compute_inception_score(paths, extractor, splits=args.splits, seed=args.seed,
                                     batch_size=args.batch_size, progress=True)
     emit({"metric": "inception_score", "inception_score_mean": score.mean,

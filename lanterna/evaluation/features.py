@@ -123,7 +123,8 @@ def inception_weights_path(path: str | Path | None = None) -> Path:
         raise MissingFeatureWeights(
             f"Inception-v3 weights not found at {chosen}. Nothing is downloaded at run time: put "
             f"FID's standard weights file {WEIGHTS_FILENAME} (a PyTorch state dict, as released with "
-            f"pytorch-fid) there, or point ${INCEPTION_ENV} or --inception-weights at it.")
+            f"pytorch-fid; torch-fidelity's weights-inception-2015-12-05-6726825d.pth is the same "
+            f"file) there, or point ${INCEPTION_ENV} or --inception-weights at it.")
     return chosen
 
 
