@@ -76,6 +76,10 @@ class ShapesEngine:
         self.tokenizer = ShapesTokenizer()
         self.pipeline: LatentDiffusionPipeline | None = None
         self._lock = threading.Lock()
+        # Backends (torch, or ONNX Runtime through lanterna/engines/onnx.py): the card's default,
+        # and the pipelines built for the others, with the label each result carries.
+        self.default_backend: str = self.card.get("backend", "torch")
+        self.backends: dict[str, tuple[LatentDiffusionPipeline, str]] = {}
 
     @property
     def weights_hash(self) -> str:
@@ -132,9 +136,8 @@ class ShapesEngine:
             cancelled: CancelFlag | None = None) -> GenerationResult:
         options, width, height = self.resolve(request)
         self.load()
-        assert self.pipeline is not None
-        p = self.pipeline
-        result = GenerationResult(seeds=list(request.seeds))
+        p, backend = self.pipeline_for_backend(request.backend)
+        result = GenerationResult(seeds=list(request.seeds), backend=backend)
         try:
             if request.task == "t2i":
                 result.images = p.text_to_image(request.prompt, request.seeds, options, height, width,
@@ -174,6 +177,16 @@ class ShapesEngine:
                          "scheduler": f"lanterna.samplers.{options.sampler}"}
         result.warnings = self.warnings(request.prompt)
         return result
+
+    def pipeline_for_backend(self, backend: str | None) -> tuple[LatentDiffusionPipeline, str]:
+        """The pipeline running `backend` and the label results carry ("torch", "onnx:<provider>")."""
+        assert self.pipeline is not None
+        backend = backend or self.default_backend
+        if backend == "torch":
+            return self.pipeline, "torch"
+        from lanterna.engines import onnx as onnx_backend
+
+        return onnx_backend.pipeline_for(self, backend)
 
     @staticmethod
     def check_numbers(request: GenerationRequest) -> str | None:

@@ -69,6 +69,20 @@ def size_field(side: str) -> Any:
                  f"{side}. Must be a multiple of the model's size_multiple and at most its max_size.")
 
 
+# backend: tool argument (see lanterna/engines/onnx.py)
+Backend = Literal["torch", "onnx", "auto"]
+
+
+def backend_field() -> Any:
+    return Field(None, description="Inference backend: 'torch', 'onnx' (ONNX Runtime; TensorRT > CUDA > CPU "
+                 "where present) or 'auto' (the faster one measured on this machine); default: the model's. "
+                 "Results name the backend used.")
+
+
+def request_backend(engine: Engine, backend: str | None) -> str:
+    return backend or getattr(engine, "default_backend", "torch")
+
+
 def wait_field() -> Any:
     return Field(50.0, ge=0.0, le=600.0, description="Seconds to wait for the result. If the job is not done "
                  "by then the call returns status 'running' and a job_id; collect it with get_job. Keep it "

@@ -39,6 +39,7 @@ class EditArgs(BaseModel):
     seed: int = common.seed_field()
     model: str | None = common.model_field("image")
     num_images: int = Field(1, ge=1, le=8, description="How many variations to return (seed, seed+1, ...).")
+    backend: common.Backend | None = common.backend_field()
     wait_seconds: float = common.wait_field()
 
     @model_validator(mode="after")
@@ -64,7 +65,8 @@ async def edit(args: EditArgs, rt: Runtime, report: ProgressReport | None = None
     request = GenerationRequest(
         task=task, prompt=args.prompt, seeds=common.resolve_seeds(args.seed, args.num_images),
         negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
-        init_image=image.convert("RGB"), mask=mask, strength=args.strength)
+        init_image=image.convert("RGB"), mask=mask, strength=args.strength,
+        backend=common.request_backend(engine, args.backend))
     skeleton = GenerationReport(status="running", job_id="", kind="edit", model=name,
                                 weights_hash=common.safe_weights_hash(engine),
                                 warnings=common.prompt_warnings(engine, args.prompt))

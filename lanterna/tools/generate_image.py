@@ -48,6 +48,7 @@ class GenerateImageArgs(BaseModel):
     best_of: int | None = Field(None, ge=1, le=16, description="Generate this many candidates and keep the "
                                 "num_images with the highest CLIP score against the prompt (needs a scorer).")
     score: bool = Field(False, description="Also return each image's CLIP score against the prompt.")
+    backend: common.Backend | None = common.backend_field()
     wait_seconds: float = common.wait_field()
 
     @model_validator(mode="after")
@@ -68,7 +69,8 @@ async def generate_image(args: GenerateImageArgs, rt: Runtime, report: ProgressR
     request = GenerationRequest(
         task="t2i", prompt=args.prompt, seeds=common.resolve_seeds(args.seed, count),
         negative_prompt=args.negative_prompt, width=args.width, height=args.height, steps=args.steps,
-        guidance=args.guidance, sampler=args.sampler)
+        guidance=args.guidance, sampler=args.sampler,
+        backend=common.request_backend(engine, args.backend))
     skeleton = GenerationReport(status="running", job_id="", kind="image", model=name,
                                 weights_hash=common.safe_weights_hash(engine),
                                 warnings=common.prompt_warnings(engine, args.prompt))

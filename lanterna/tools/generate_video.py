@@ -36,6 +36,7 @@ class GenerateVideoArgs(BaseModel):
     seed: int = common.seed_field()
     model: str | None = common.model_field("video")
     score: bool = Field(False, description="Also return the mean per-frame CLIP score against the prompt.")
+    backend: common.Backend | None = common.backend_field()
     wait_seconds: float = common.wait_field()
 
 
@@ -48,7 +49,8 @@ async def generate_video(args: GenerateVideoArgs, rt: Runtime, report: ProgressR
     request = GenerationRequest(
         task="t2v", prompt=args.prompt, seeds=common.resolve_seeds(args.seed, 1),
         negative_prompt=args.negative_prompt, width=args.width, height=args.height, steps=args.steps,
-        guidance=args.guidance, frames=args.frames)
+        guidance=args.guidance, frames=args.frames,
+        backend=common.request_backend(engine, args.backend))
     skeleton = GenerationReport(status="running", job_id="", kind="video", model=name,
                                 weights_hash=common.safe_weights_hash(engine),
                                 warnings=common.prompt_warnings(engine, args.prompt))

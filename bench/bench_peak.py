@@ -1,0 +1,91 @@
+"""The machine's measured matmul peak (fp32 and bf16 GFLOP/s): the physical limit the denoiser
+benchmarks are compared with.
+
+    .venv/bin/python bench/bench_peak.py [--runs 7] [--threads N]
+
+Square matmuls of a few sizes through torch (MKL for fp32, oneDNN for bf16); for each dtype the
+best size's median over the runs is the peak. Also the helpers the other benchmarks share: the
+median timer and a note of the machine and its load (other jobs may share the cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+SIZES = (512, 1024, 2048)
+
+
+def median_seconds(fn: Callable[[], object], runs: int = 7, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_note() -> dict:
+    from lanterna.engines.onnx import physical_cores
+
+    return {"cpu": cpu_model(), "physical_cores": physical_cores(), "logical_cpus": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "load_average_1_5_15": [round(x, 2) for x in load_average()]}
+
+
+def matmul_gflops(n: int, dtype: torch.dtype, runs: int) -> float:
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    seconds = median_seconds(lambda: torch.mm(a, b), runs=runs)
+    return 2 * n**3 / seconds / 1e9
+
+
+def measure_peak(runs: int = 7, sizes: tuple[int, ...] = SIZES) -> dict[str, dict]:
+    """{'fp32': {'gflops': best median, 'by_size': {...}}, 'bf16': ...}."""
+    out = {}
+    with torch.inference_mode():
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            by_size = {n: round(matmul_gflops(n, dtype, runs), 1) for n in sizes}
+            out[name] = {"gflops": max(by_size.values()), "by_size": by_size}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--threads", type=int, help="torch threads (default: physical cores)")
+    args = parser.parse_args()
+    from lanterna.engines.onnx import physical_cores
+
+    torch.set_num_threads(args.threads or physical_cores())
+    before = machine_note()
+    peak = measure_peak(args.runs)
+    print(json.dumps({"machine": before, "load_after": [round(x, 2) for x in load_average()],
+                      "runs": args.runs, "peak": peak}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
