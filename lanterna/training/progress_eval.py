@@ -39,8 +39,10 @@ def quick_geneval(recipe: Recipe) -> Callable[[nn.Module, int], dict]:
                                                images_per_prompt=IMAGES_PER_PROMPT)
             else:
                 def generate(prompts, seeds):
-                    return [pipe.text_to_image(p, [s], options, size, size)[0]
-                            for p, s in zip(prompts, seeds)]
+                    from lanterna.bench_cli import runs_of_same_prompt
+
+                    return [image for p, run_seeds in runs_of_same_prompt(prompts, seeds)
+                            for image in pipe.text_to_image(p, run_seeds, options, size, size)]
 
                 scores = geneval.run_geneval(generate, prompts_per_task=PROMPTS_PER_TASK,
                                              images_per_prompt=IMAGES_PER_PROMPT)

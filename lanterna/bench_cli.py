@@ -1,0 +1,151 @@
+"""`lanterna bench geneval|videoeval|samplers`: ShapesGenEval of a model, printed as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Callable
+
+from PIL import Image
+
+from lanterna.engines.base import Engine, GenerationRequest, Scorer
+
+log = logging.getLogger("lanterna.bench")
+
+STEP_COUNTS = (4, 8, 16, 32, 100)
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("bench", help="benchmark a model on ShapesGenEval")
+    sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    for name, helptext in (("geneval", "ShapesGenEval of an image model"),
+                           ("videoeval", "ShapesGenEval's video variant")):
+        q = sub.add_parser(name, help=helptext)
+        add_common(q)
+        q.add_argument("--prompts-per-task", type=int, default=50)
+        q.add_argument("--images-per-prompt", type=int, default=4)
+        q.add_argument("--tasks", nargs="*", help="only these tasks")
+        if name == "geneval":
+            q.add_argument("--best-of", type=int, default=1,
+                           help="generate K candidates per image and keep the best by CLIP")
+        q.set_defaults(func=run_bench)
+    q = sub.add_parser("samplers", help="ShapesGenEval overall for each sampler and step count")
+    add_common(q)
+    q.add_argument("--samplers", nargs="*")
+    q.add_argument("--step-counts", nargs="*", type=int, default=list(STEP_COUNTS))
+    q.add_argument("--prompts-per-task", type=int, default=50)
+    q.add_argument("--images-per-prompt", type=int, default=4)
+    q.set_defaults(func=run_samplers)
+
+
+def add_common(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--model", help="model name (default: the default image/video model)")
+    q.add_argument("--sampler")
+    q.add_argument("--steps", type=int)
+    q.add_argument("--guidance", type=float)
+    q.add_argument("--backend", default="torch")
+    q.add_argument("--config", help="model registry file (TOML)")
+    q.add_argument("--threads", type=int)
+
+
+def load(args: argparse.Namespace, capability: str) -> tuple[Engine, Scorer | None]:
+    import torch
+
+    from lanterna.engines.bundled import default_registry
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    registry = default_registry()
+    return registry.get(args.model, capability), registry.scorer()
+
+
+def runs_of_same_prompt(prompts: list[str], seeds: list[int]) -> list[tuple[str, list[int]]]:
+    """Consecutive pairs with one prompt become one batched run."""
+    runs: list[tuple[str, list[int]]] = []
+    for prompt, seed in zip(prompts, seeds):
+        if runs and runs[-1][0] == prompt:
+            runs[-1][1].append(seed)
+        else:
+            runs.append((prompt, [seed]))
+    return runs
+
+
+def image_generator(engine: Engine, args: argparse.Namespace, scorer: Scorer | None,
+                    best_of: int = 1, sampler: str | None = None,
+                    steps: int | None = None) -> Callable[[list[str], list[int]], list[Image.Image]]:
+    def generate(prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        images = []
+        for prompt, run_seeds in runs_of_same_prompt(prompts, seeds):
+            # Candidates k > 0 take seeds far from the benchmark's own seeds.
+            all_seeds = [s + 1_000_003 * k for s in run_seeds for k in range(best_of)]
+            result = engine.run(GenerationRequest(
+                task="t2i", prompt=prompt, seeds=all_seeds, steps=steps or args.steps,
+                guidance=args.guidance, sampler=sampler or args.sampler, backend=args.backend))
+            if best_of == 1 or scorer is None:
+                images += result.images
+                continue
+            scores = scorer.clip_scores(result.images, [prompt] * len(result.images))
+            for i in range(len(run_seeds)):
+                group = range(i * best_of, (i + 1) * best_of)
+                images.append(result.images[max(group, key=scores.__getitem__)])
+        return images
+
+    return generate
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from lanterna.evaluation import geneval
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    video = args.bench == "videoeval"
+    engine, scorer = load(args, "t2v" if video else "t2i")
+    start = time.perf_counter()
+    if video:
+        def generate_video(prompts: list[str], seeds: list[int]) -> list[list[Image.Image]]:
+            out = []
+            for prompt, seed in zip(prompts, seeds):
+                result = engine.run(GenerationRequest(
+                    task="t2v", prompt=prompt, seeds=[seed], steps=args.steps,
+                    guidance=args.guidance, sampler=args.sampler, backend=args.backend))
+                out.append(result.videos[0])
+            return out
+
+        clip = None if scorer is None else scorer.clip_scores
+        scores = geneval.run_videoeval(generate_video, prompts_per_task=args.prompts_per_task,
+                                       images_per_prompt=args.images_per_prompt, scorer=clip)
+    else:
+        generate = image_generator(engine, args, scorer, args.best_of)
+        scores = geneval.run_geneval(generate, prompts_per_task=args.prompts_per_task,
+                                     images_per_prompt=args.images_per_prompt, tasks=args.tasks)
+    report = {k: v for k, v in scores.items() if k != "details"}
+    report.update(model=engine.name, weights=engine.weights_hash, sampler=args.sampler or
+                  engine.defaults.sampler, steps=args.steps or engine.defaults.steps,
+                  guidance=engine.defaults.guidance if args.guidance is None else args.guidance,
+                  backend=args.backend, seconds=round(time.perf_counter() - start, 1))
+    if not video:
+        report["best_of"] = args.best_of
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def run_samplers(args: argparse.Namespace) -> int:
+    from lanterna.engines.samplers import SAMPLERS
+    from lanterna.evaluation import geneval
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    engine, scorer = load(args, "t2i")
+    rows = []
+    for sampler in args.samplers or list(SAMPLERS):
+        for steps in args.step_counts:
+            start = time.perf_counter()
+            scores = geneval.run_geneval(image_generator(engine, args, scorer, 1, sampler, steps),
+                                         prompts_per_task=args.prompts_per_task,
+                                         images_per_prompt=args.images_per_prompt)
+            rows.append({"sampler": sampler, "steps": steps, "overall": scores["overall"],
+                         "seconds": round(time.perf_counter() - start, 1)})
+            log.info("%s", rows[-1])
+    print(json.dumps({"model": engine.name, "weights": engine.weights_hash, "rows": rows}, indent=2))
+    return 0
