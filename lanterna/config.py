@@ -64,6 +64,8 @@ class Settings(BaseModel):
     token: str | None = Field(default_factory=lambda: os.environ.get("LANTERNA_TOKEN") or None, repr=False)
     allowed_hosts: list[str] = Field(default_factory=list,
                                      description="extra Host header values accepted over HTTP (name or name:port)")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024,
+                                   description="largest HTTP request body; larger ones get 413 before being read")
 
     @field_validator("output_dir", mode="after")
     @classmethod

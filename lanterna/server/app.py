@@ -9,13 +9,14 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import anyio
 import anyio.to_thread
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError, UnexpectedToolError
-from mcp.types import CallToolResult, Resource, ToolAnnotations
+from mcp.types import CallToolResult, EmptyResult, LoggingLevel, Resource, SetLevelRequestParams, ToolAnnotations
 from pydantic import AnyUrl, BaseModel, Field, ValidationError
 
 import lanterna
@@ -26,6 +27,7 @@ from lanterna.server.inputs import InputError
 from lanterna.server.jobs import QueueFull
 from lanterna.server.runtime import Runtime
 from lanterna.server.store import URI_PREFIX, InvalidOutputName, OutputNotFound, mime_type_of, name_from_uri
+from lanterna.server.transports import CLIENT_GONE
 from lanterna.tools import edit, evaluate, generate_image, generate_video, jobs, list_models
 from lanterna.tools.common import ArgumentError, GenerationReport, Outcome, summary_text
 
@@ -50,6 +52,15 @@ class LanternaServer(MCPServer):
     def __init__(self, runtime: Runtime, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.runtime = runtime
+        self.client_log_level: LoggingLevel = "info"
+        # logging/setLevel is still part of the 2025 protocol versions clients speak; the SDK's
+        # MCPServer leaves it out, and the low-level server is where it says to add it back.
+        self._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, self._set_log_level)
+
+    async def _set_log_level(self, ctx: Any, params: SetLevelRequestParams) -> EmptyResult:
+        # The server sends no log notifications yet; the level is kept for when it does.
+        self.client_log_level = params.level
+        return EmptyResult()
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None):
         try:
@@ -157,15 +168,63 @@ def mcp_tool(name: str, description: str, args_model: type[BaseModel], result_mo
         except ValidationError as e:
             raise ToolError(argument_message(e)) from None
         try:
-            return as_call_result(await run(args, ctx))
+            gone = client_gone(ctx)
+            outcome = await (run(args, ctx) if gone is None else unless_client_leaves(run(args, ctx), gone))
+            return as_call_result(outcome)
         except (ArgumentError, InputError, QueueFull) as e:
             raise ToolError(str(e)) from None
+        except ToolError:
+            raise
+        except Exception as e:  # a bug must still answer with a message, and leave the details in the log
+            log.exception("tool %s failed", name)
+            raise ToolError(f"{name} failed unexpectedly ({type(e).__name__}: {str(e)[:200]}); "
+                            f"the server log has the details") from None
 
     tool.__name__ = name
     tool.__doc__ = description
     tool.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]
     tool.__annotations__ = {p.name: p.annotation for p in params} | {"return": returns}
     return tool
+
+
+def client_gone(ctx: Context) -> anyio.Event | None:
+    """The event set when this call's HTTP client disconnects (None over stdio or in memory)."""
+    try:
+        request = ctx.request_context.request
+    except (AttributeError, ValueError):
+        return None
+    scope = getattr(request, "scope", None)
+    return scope.get(CLIENT_GONE) if isinstance(scope, dict) else None
+
+
+T = TypeVar("T")
+
+
+async def unless_client_leaves(work: Awaitable[T], gone: anyio.Event) -> T:
+    """`work`'s result, or a ToolError once the client disconnects.
+
+    Leaving cancels `work`, which the job wait turns into cancelling the job, so an engine never
+    keeps generating for a client that can no longer receive the answer.
+    """
+    results: list[T] = []
+    errors: list[Exception] = []
+    async with anyio.create_task_group() as group:
+        async def watch() -> None:
+            await gone.wait()
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        try:
+            results.append(await work)
+        except Exception as e:  # re-raised below, outside the group, so it is not wrapped in a group
+            errors.append(e)
+        group.cancel_scope.cancel()
+    if errors:
+        raise errors[0]
+    if not results:
+        log.info("the client disconnected; its call was cancelled")
+        raise ToolError("the client disconnected; the call and its job were cancelled")
+    return results[0]
 
 
 def progress_of(ctx: Context):

@@ -5,8 +5,9 @@
 - a file path inside one of the explicitly allowed folders (symlinks resolved first)
 
 URLs of any other scheme are refused: the server never fetches. Payloads and files larger than
-`max_bytes`, images larger than `max_pixels` (decompression bombs), non-images and truncated
-files are refused with a message saying what is allowed.
+`max_bytes`, images larger than `max_pixels` (decompression bombs), videos whose frames add up
+to more than `max_pixels` (a few hundred bytes of GIF can hold gigabytes of frames),
+non-images and truncated files are refused with a message saying what is allowed.
 """
 
 from __future__ import annotations
@@ -121,23 +122,46 @@ def encoded_limit(max_bytes: int) -> int:
 
 
 def read_allowed_file(source: str, what: str, rules: InputRules) -> bytes:
-    if not rules.allow_dirs:
-        raise InputError(f"{what}: reading files is disabled on this server (no allowed folders; start it "
-                         f"with --allow-dir DIR); give a lanterna://outputs/ resource or base64 data instead")
-    try:
-        path = Path(source).expanduser().resolve(strict=True)
-    except (OSError, RuntimeError):
-        raise InputError(f"{what}: no such file {describe(source)}") from None
-    roots = [d.expanduser().resolve() for d in rules.allow_dirs]
-    if not any(path.is_relative_to(root) for root in roots):
-        allowed = ", ".join(str(r) for r in roots)
-        raise InputError(f"{what}: {describe(source)} is outside the allowed folders ({allowed})")
+    path = allowed_path(source, what, rules)
     if not path.is_file():
         raise InputError(f"{what}: {describe(source)} is not a file")
     size = path.stat().st_size
     if size > rules.max_bytes:
         raise InputError(f"{what}: file of {size} bytes is over the {rules.max_bytes} byte limit")
     return path.read_bytes()
+
+
+def allowed_path(source: str, what: str, rules: InputRules) -> Path:
+    """`source` resolved (symlinks and `..` followed first), if it lies inside an allowed folder.
+
+    A path outside gets the same answer whether or not it exists, so the errors tell nothing
+    about the rest of the file system.
+    """
+    if not rules.allow_dirs:
+        raise InputError(f"{what}: reading files is disabled on this server (no allowed folders; start it "
+                         f"with --allow-dir DIR); give a lanterna://outputs/ resource or base64 data instead")
+    try:
+        path = Path(source).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):  # symlink loops, unknown ~user, NUL bytes
+        raise InputError(f"{what}: no such file {describe(source)!r}") from None
+    roots = [d.expanduser().resolve() for d in rules.allow_dirs]
+    if not any(path.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise InputError(f"{what}: {describe(source)} is outside the allowed folders ({allowed})")
+    if not path.exists():
+        raise InputError(f"{what}: no such file {describe(source)!r}")
+    return path
+
+
+def allowed_folder(source: str, what: str, rules: InputRules) -> Path | None:
+    """The allowed folder `source` names; None when it names no folder (a file, data, a resource)."""
+    if source.startswith((URI_PREFIX, "data:")) or SCHEME.match(source):
+        return None
+    try:
+        is_dir = Path(source).expanduser().is_dir()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return allowed_path(source, what, rules) if is_dir else None
 
 
 def decode_image(data: bytes, what: str, rules: InputRules) -> Image.Image:
@@ -181,10 +205,26 @@ def read_frames(source: str, what: str, rules: InputRules, store: OutputStore,
         return mp4_frames(data, what, rules, max_frames)
     image = decode_image(data, what, rules)
     frames = []
+    budget = FrameBudget(what, rules)
     for i in range(min(getattr(image, "n_frames", 1), max_frames)):
+        budget.take(*image.size)  # checked before decoding: every frame is a full canvas
         image.seek(i)
         frames.append(image.convert("RGB"))
     return frames
+
+
+class FrameBudget:
+    """All frames of one video together may hold at most `max_pixels` pixels."""
+
+    def __init__(self, what: str, rules: InputRules) -> None:
+        self.what, self.rules, self.frames, self.pixels = what, rules, 0, 0
+
+    def take(self, width: int, height: int) -> None:
+        self.frames += 1
+        self.pixels += width * height
+        if self.pixels > self.rules.max_pixels:
+            raise InputError(f"{self.what}: video too large ({self.frames}+ frames of {width}x{height}); all "
+                             f"frames together may hold at most {self.rules.max_pixels} pixels")
 
 
 def mp4_frames(data: bytes, what: str, rules: InputRules, max_frames: int) -> list[Image.Image]:
@@ -195,6 +235,7 @@ def mp4_frames(data: bytes, what: str, rules: InputRules, max_frames: int) -> li
     import numpy as np
 
     fd, path = tempfile.mkstemp(suffix=".mp4")
+    reader = None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -204,14 +245,17 @@ def mp4_frames(data: bytes, what: str, rules: InputRules, max_frames: int) -> li
         if w * h > rules.max_pixels:
             raise bomb(what, rules, w, h)
         frames = []
+        budget = FrameBudget(what, rules)
         for raw in reader:
+            budget.take(w, h)
             frames.append(Image.fromarray(np.frombuffer(raw, np.uint8).reshape(h, w, 3)))
             if len(frames) >= max_frames:
                 break
-        reader.close()
     except (OSError, RuntimeError, StopIteration) as e:
         raise InputError(f"{what}: the video could not be decoded ({e})") from None
     finally:
+        if reader is not None:
+            reader.close()  # stops the ffmpeg process on every path, errors included
         os.unlink(path)
     if not frames:
         raise InputError(f"{what}: the video has no frames")

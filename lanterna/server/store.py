@@ -2,7 +2,9 @@
 
 Names are the first 16 hex digits of the file's sha256 plus an extension, so the same bytes are
 stored once and a name can never point outside the root. Writes are atomic (temp file, then
-`os.replace`). A size cap evicts the least recently written files first. Files are served to
+`os.replace`), so a reader never sees part of a file; the temp files of a process that died
+mid-write (named with its pid) are removed by the next store opened on the root. A size cap
+evicts the least recently written files first. Files are served to
 clients as MCP resources `lanterna://outputs/{name}`.
 """
 
@@ -35,6 +37,8 @@ MIME_TYPES = {
 }
 NAME_PATTERN = re.compile(r"^[0-9a-f]{16}\.(%s)$" % "|".join(MIME_TYPES))
 HASH_CHARS = 16
+TEMP_PREFIX = ".tmp-"
+TEMP_PATTERN = re.compile(r"^\.tmp-(?P<pid>\d+)-")
 
 
 class InvalidOutputName(ValueError):
@@ -103,6 +107,7 @@ class OutputStore:
         self.cap_bytes = cap_bytes
         self._lock = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True)
+        remove_orphaned_temp_files(self.root)
         self._total = sum(p.stat().st_size for p in self._files())
 
     # writing
@@ -133,7 +138,7 @@ class OutputStore:
 
     def _write(self, path: Path, data: bytes) -> None:
         old = path.stat().st_size if path.exists() else 0
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f"{TEMP_PREFIX}{os.getpid()}-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -174,7 +179,10 @@ class OutputStore:
         return path
 
     def read(self, name: str) -> bytes:
-        return self.path(name).read_bytes()
+        try:
+            return self.path(name).read_bytes()
+        except FileNotFoundError:  # evicted between the check and the read
+            raise OutputNotFound(f"{URI_PREFIX}{name} does not exist (evicted, or never made here)") from None
 
     def metadata(self, name: str) -> dict[str, Any] | None:
         try:
@@ -198,3 +206,23 @@ class OutputStore:
     @property
     def total_bytes(self) -> int:
         return self._total
+
+
+def remove_orphaned_temp_files(root: Path) -> None:
+    """Delete temp files left by processes that died mid-write (other live servers' are kept)."""
+    for path in root.glob(TEMP_PREFIX + "*"):
+        match = TEMP_PATTERN.match(path.name)
+        if match and process_alive(int(match["pid"])):
+            continue
+        path.unlink(missing_ok=True)
+        log.info("removed %s, left by an interrupted write", path.name)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True

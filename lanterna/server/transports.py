@@ -1,7 +1,12 @@
 """Serving the app: stdio (what desktop clients spawn) and streamable HTTP at /mcp.
 
 HTTP binds 127.0.0.1 by default. Host and Origin headers are always checked (DNS-rebinding
-protection); a bearer token is required whenever the server listens beyond loopback.
+protection); a bearer token is required whenever the server listens beyond loopback; request
+bodies over `max_request_bytes` are refused with 413.
+
+A client whose HTTP connection drops while its tool call runs can never get the answer (no event
+store is kept to resume the stream), so each request carries an event set on disconnect, and
+the tool call that sees it cancels its job to free the engine.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 
 import anyio
 from mcp.server.auth.provider import AccessToken
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 
@@ -19,6 +25,7 @@ from lanterna.config import LOOPBACK_HOSTS, Settings
 log = logging.getLogger("lanterna.server")
 
 HTTP_PATH = "/mcp"
+CLIENT_GONE = "lanterna.client_gone"  # ASGI scope key: an anyio.Event set when the client disconnects
 
 
 class InsecureBinding(ValueError):
@@ -66,6 +73,32 @@ def transport_security(settings: Settings) -> TransportSecuritySettings:
                                      allowed_origins=origins)
 
 
+class DisconnectWatch:
+    """ASGI middleware: puts an event in each HTTP request's scope, set once the client has gone.
+
+    The MCP handler reads it through the request it is given (the same scope); the event is
+    only ever set on the event loop, by the ASGI `receive` that reports the disconnect.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        gone = anyio.Event()
+        scope[CLIENT_GONE] = gone
+
+        async def watched_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+            return message
+
+        await self.app(scope, watched_receive, send)
+
+
 def run_stdio(server: MCPServer) -> None:
     # The SDK moves fd 1 onto stderr while it serves, so stray prints cannot corrupt the protocol.
     anyio.run(server.run_stdio_async)
@@ -73,8 +106,9 @@ def run_stdio(server: MCPServer) -> None:
 
 def http_app(server: MCPServer, settings: Settings):
     check_binding(settings)
-    return server.streamable_http_app(streamable_http_path=HTTP_PATH, transport_security=transport_security(settings),
-                                      host=settings.host)
+    app = server.streamable_http_app(streamable_http_path=HTTP_PATH, transport_security=transport_security(settings),
+                                     host=settings.host, max_request_body_size=settings.max_request_bytes)
+    return DisconnectWatch(app)
 
 
 def run_http(server: MCPServer, settings: Settings) -> None:

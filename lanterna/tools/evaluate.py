@@ -4,14 +4,20 @@ of images with a reference set (FID, KID, precision/recall)."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Literal
 
 import anyio.to_thread
 from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 
-from lanterna.server.inputs import ACCEPTED, InputError, read_allowed_file, read_frames
+from lanterna.server.inputs import (
+    ACCEPTED,
+    InputError,
+    InputRules,
+    allowed_folder,
+    read_allowed_file,
+    read_frames,
+)
 from lanterna.server.runtime import Runtime
 from lanterna.tools import verdicts
 from lanterna.tools.common import ArgumentError, finite_or_none
@@ -33,6 +39,8 @@ Each image is {ACCEPTED}; a reference entry may also be an allowed folder of ima
 Metric = Literal["clip", "verdict", "fid", "kid", "precision_recall", "video"]
 SET_METRICS = ("fid", "kid", "precision_recall")
 MAX_REFERENCE = 2000
+# Every decoded input of one call stays in memory until it is scored: bound their sum, not just each one.
+CALL_PIXELS_PER_INPUT_LIMIT = 4
 
 
 class EvaluateArgs(BaseModel):
@@ -102,8 +110,10 @@ def evaluate_blocking(args: EvaluateArgs, rt: Runtime) -> EvaluationReport:
     report = EvaluationReport(prompt=args.prompt)
     stills: list[tuple[str, Image.Image]] = []
     clips: list[tuple[str, list[Image.Image]]] = []
+    budget = CallBudget(rt.rules)
     for i, source in enumerate(args.images):
         frames = read_frames(source, f"images[{i}]", rt.rules, rt.store)
+        budget.take(frames, f"images[{i}]")
         (clips.append((short(source), frames)) if len(frames) > 1 else stills.append((short(source), frames[0])))
 
     requirements = None
@@ -139,9 +149,23 @@ def evaluate_blocking(args: EvaluateArgs, rt: Runtime) -> EvaluationReport:
         report.verdicts_passed = sum(v.passed for v in judged)
     wanted_sets = [m for m in args.metrics if m in SET_METRICS]
     if wanted_sets:
-        report.set_metrics = set_metrics(args, rt, [im for _, im in stills], wanted_sets, report)
+        report.set_metrics = set_metrics(args, rt, [im for _, im in stills], wanted_sets, report, budget)
     report.warnings = list(dict.fromkeys(report.warnings))
     return report
+
+
+class CallBudget:
+    """The pixels one call may decode in all: a few times the largest single input."""
+
+    def __init__(self, rules: InputRules) -> None:
+        self.limit = rules.max_pixels * CALL_PIXELS_PER_INPUT_LIMIT
+        self.pixels = 0
+
+    def take(self, images: list[Image.Image], what: str) -> None:
+        self.pixels += sum(im.width * im.height for im in images)
+        if self.pixels > self.limit:
+            raise InputError(f"{what}: the inputs of this call add up to more than {self.limit} pixels; "
+                             f"evaluate fewer or smaller images per call")
 
 
 def judge(image, requirements, report: EvaluationReport) -> Verdict | None:
@@ -178,19 +202,21 @@ def evaluate_clip(source: str, frames: list[Image.Image], prompt: str | None, rt
     return item
 
 
-def reference_images(entries: list[str], rt: Runtime) -> list[Image.Image]:
+def reference_images(entries: list[str], rt: Runtime, budget: CallBudget) -> list[Image.Image]:
     from lanterna.server.inputs import decode_image, read_image
 
     images: list[Image.Image] = []
     for i, entry in enumerate(entries):
         what = f"reference[{i}]"
-        folder = Path(entry).expanduser()
-        if not entry.startswith(("lanterna://", "data:")) and folder.is_dir():
+        folder = allowed_folder(entry, what, rt.rules)  # never lists a folder outside the allowed ones
+        if folder is not None:
             files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
             for path in files[: MAX_REFERENCE - len(images)]:
                 images.append(decode_image(read_allowed_file(str(path), what, rt.rules), what, rt.rules).convert("RGB"))
+                budget.take(images[-1:], what)
         else:
             images.append(read_image(entry, what, rt.rules, rt.store).convert("RGB"))
+            budget.take(images[-1:], what)
         if len(images) >= MAX_REFERENCE:
             break
     if not images:
@@ -199,8 +225,8 @@ def reference_images(entries: list[str], rt: Runtime) -> list[Image.Image]:
 
 
 def set_metrics(args: EvaluateArgs, rt: Runtime, generated: list[Image.Image], wanted: list[str],
-                report: EvaluationReport) -> SetMetrics | None:
-    reference = reference_images(args.reference or [], rt)
+                report: EvaluationReport, budget: CallBudget) -> SetMetrics | None:
+    reference = reference_images(args.reference or [], rt, budget)
     features = args.features or "shapes-clip"
     try:
         from lanterna.evaluation import sets
