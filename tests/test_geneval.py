@@ -56,17 +56,18 @@ def test_prompt_sets_are_fixed_distinct_and_parse():
 
 
 def test_perfect_generator_scores_one():
+    """Every one of the 50 prompts of every task can be drawn and is judged right."""
     calls = []
-    scores = geneval.run_geneval(perfect, prompts_per_task=6, images_per_prompt=2,
+    scores = geneval.run_geneval(perfect, prompts_per_task=50, images_per_prompt=1,
                                  progress=lambda done, total: calls.append((done, total)))
     assert scores["overall"] == 1.0
     assert scores["tasks"] == {t: 1.0 for t in geneval.TASKS}
-    assert scores["counts"]["novel"] == {"passed": 12, "images": 12}
-    assert calls[-1] == (84, 84) and all(d <= t for d, t in calls)
+    assert scores["counts"]["novel"] == {"passed": 50, "images": 50}
+    assert calls[-1] == (350, 350) and all(d <= t for d, t in calls)
     first = scores["details"][0]
-    assert first["task"] == "single_object" and first["passed"] == [True, True]
-    assert first["seeds"] == geneval.seeds_for("single_object", 0, 2)
-    assert len(scores["details"]) == 6 * len(geneval.TASKS)
+    assert first["task"] == "single_object" and first["passed"] == [True]
+    assert first["seeds"] == geneval.seeds_for("single_object", 0, 1)
+    assert len(scores["details"]) == 50 * len(geneval.TASKS)
 
 
 def test_blank_generator_scores_zero_with_reasons():

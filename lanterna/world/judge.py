@@ -9,8 +9,8 @@ Checks, each with a reason an agent can act on:
 - no extras: no object of an asked shape in a colour not asked for that shape;
 - size: bounding box under 17 px for `small`, at least 17 px for `large` (64 x 64; scaled);
 - place: the centroid's cell of the 3 x 3 grid;
-- relation: `A left of B` when A's centroid x is at least 4 px below B's (right, above, below
-  likewise);
+- relation: `A left of B` when A's centroid x is at least 4 px smaller than B's (right of,
+  above, below likewise);
 - background: the most common background colour.
 Video: the still checks must hold in at least 90 % of the frames (for the counts, that is object
 persistence); each object is tracked by colour and shape over the frames where it is found once,
@@ -46,7 +46,7 @@ class Check:
 class Track:
     """One asked object followed through a video."""
 
-    object: str
+    name: str  # colour and shape
     frames_found: int
     frames: int
     start: tuple[float, float] | None = None  # centroid in its first tracked frame
@@ -206,33 +206,40 @@ def motion_check(obj: ObjectRequirement, tr: Track) -> Check:
     dx = tr.end[0] - tr.start[0]
     dy = tr.end[1] - tr.start[1]
     seen = " and ".join(tr.motion) if tr.motion else "no motion"
+    ratio = tr.end_area / tr.start_area
     return Check(label, tuple(tr.motion) == asked,
-                 f"net displacement ({dx:+.1f}, {dy:+.1f}) px, area x{tr.end_area / tr.start_area:.2f}: {seen}",
-                 "motion")
+                 f"net displacement ({dx:+.1f}, {dy:+.1f}) px, area x{ratio:.2f}: {seen}", "motion")
+
+
+def across_frames(per_frame: list[list[Check]]) -> list[Check]:
+    """Each still check over a video: it must hold in at least PERSISTENCE of the frames."""
+    grouped: dict[tuple[str, str], list[tuple[int, Check]]] = {}
+    for f, frame in enumerate(per_frame):
+        for c in frame:
+            grouped.setdefault((c.requirement, c.kind), []).append((f, c))
+    checks = []
+    for (label, kind), seen in grouped.items():
+        held = sum(c.passed for _, c in seen)
+        reason = f"holds in {held} of {len(per_frame)} frames"
+        failing = next(((f, c) for f, c in seen if not c.passed), None)
+        if failing is not None:
+            reason += f"; frame {failing[0]}: {failing[1].reason}"
+        checks.append(Check(label, held >= PERSISTENCE * len(per_frame), reason, kind))
+    return checks
 
 
 def judge_video_detections(dets: list[Detection], req: Requirements) -> Verdict:
+    """The verdict on a video whose frames went through `detect_batch`."""
     if len(dets) < 2:
         raise ValueError(f"a video needs at least 2 frames, got {len(dets)}")
-    per_frame = [still_checks(d, req, with_sizes=False) for d in dets]
-    checks = []
-    labels = list(dict.fromkeys((c.requirement, c.kind) for frame in per_frame for c in frame))
-    for label, kind in labels:
-        results = [c for frame in per_frame for c in frame if c.requirement == label]
-        held = sum(c.passed for c in results)
-        failing = next(((f, c) for f, frame in enumerate(per_frame) for c in frame
-                        if c.requirement == label and not c.passed), None)
-        reason = f"holds in {held} of {len(dets)} frames"
-        if failing is not None:
-            reason += f"; frame {failing[0]}: {failing[1].reason}"
-        checks.append(Check(label, held >= PERSISTENCE * len(dets), reason, kind))
+    checks = across_frames([still_checks(d, req, with_sizes=False) for d in dets])
     tracks = []
     for obj in req.objects:
         if obj.count != 1:
             continue
         tr, seen = track(dets, obj)
         tracks.append(tr)
-        if obj.size is not None and seen:
+        if obj.size is not None and seen:  # judged where the object is first found
             first = next(d for d in dets if the_one(d, obj) is not None)
             checks.extend(c for c in [size_check(first, obj)] if c)
         if obj.motion is not None:

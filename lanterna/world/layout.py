@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lanterna.world.palette import BACKGROUNDS, EDGE, GAP, Canvas
-from lanterna.world.spec import PLACE_CELLS, Box, ObjectRequirement, Relation, Requirements, Scene, SceneObject
+from lanterna.world.spec import (PLACE_CELLS, Box, ObjectRequirement, Relation, Requirements, Scene,
+                                 SceneObject)
 
 PLACE_MARGIN = 2.0  # px (64 x 64) between a placed centroid and its cell's border
 RELATION_EXTRA = 3.0  # px (64 x 64) beyond the judge's relation margin
@@ -25,8 +26,9 @@ GROWTH_START = (10, 16)  # px (64 x 64): the smaller side of a growing / shrinki
 ATTEMPTS = 60
 
 
-class LayoutError(RuntimeError):
-    """No layout found (should not happen for requirements the grammar allows)."""
+class LayoutError(ValueError):
+    """No layout found: the requirements cannot be drawn, such as two large objects in
+    neighbouring cells of the grid (the samplers never ask for those)."""
 
 
 @dataclass
@@ -94,7 +96,7 @@ def free_corners(canvas: Canvas, placed: list[tuple[int, int, int, int]], width:
     """
     n = canvas.size
     free = np.zeros((n, n), bool)
-    free[EDGE:n - EDGE - height + 1, EDGE:n - EDGE - width + 1] = True
+    free[EDGE:max(EDGE, n - EDGE - height + 1), EDGE:max(EDGE, n - EDGE - width + 1)] = True
     for x, y, w, h in placed:
         # Corners whose rectangle would come closer than GAP to this one.
         free[max(0, y - GAP - height + 1):y + h + GAP, max(0, x - GAP - width + 1):x + w + GAP] = False
@@ -115,7 +117,7 @@ def place_mask(plan: Plan, place: str, canvas: Canvas) -> np.ndarray:
     return ok_y[:, None] & ok_x[None, :]
 
 
-def relation_mask(plan: Plan, relation: str, other: tuple[float, float], subject_first: bool,
+def relation_mask(plan: Plan, relation: str, other: tuple[float, float], other_is_subject: bool,
                   canvas: Canvas) -> np.ndarray:
     """bool over corners for the second object of a relation, given the first one's centroid."""
     n = canvas.size
@@ -123,8 +125,8 @@ def relation_mask(plan: Plan, relation: str, other: tuple[float, float], subject
     ox, oy = plan.centroid_offset()
     cx = np.arange(n) + ox
     cy = np.arange(n) + oy
-    # The placed object is the subject (subject_first) or the reference of "subject REL reference".
-    sign = 1.0 if subject_first else -1.0
+    # "subject REL reference": the object already placed is one of them, this plan the other.
+    sign = 1.0 if other_is_subject else -1.0
     if relation in ("left of", "right of"):
         # subject left of reference: reference.x - subject.x >= need
         delta = sign * (cx - other[0]) if relation == "left of" else sign * (other[0] - cx)

@@ -27,6 +27,9 @@ from lanterna.world.snap import BACKGROUND_NAMES, N_OBJECTS, OBJECT_NAMES, snap
 CONNECTIVITY = np.zeros((3, 3, 3), bool)
 CONNECTIVITY[1] = True
 
+# Measured over every side from 8 to 26 px at random sub-pixel offsets, anti-aliased or not:
+# cross solidity <= 0.805 < 0.834 <= triangle (>= 0.855 from 10 px) < circle, square;
+# triangle fill <= 0.633 (0.605 from 10 px) < 0.662 <= circle fill <= 0.905 < 0.980 <= square.
 CROSS_SOLIDITY = 0.83  # below: the only non-convex shape
 SQUARE_FILL = 0.93  # above: square
 CIRCLE_FILL = 0.635  # above: circle, below: triangle
@@ -226,12 +229,12 @@ def measure(idx: np.ndarray, ids: np.ndarray, labels: np.ndarray, canvas: Canvas
     hulls = hull_areas(y[row_first], x[row_first], x[row_last], component_rows)
     fill = area / ((x1 - x0) * (y1 - y0))
     solidity = np.minimum(1.0, area / np.maximum(hulls, 1.0))
+    shapes = [classify(f, s) for f, s in zip(fill.tolist(), solidity.tolist())]
     colour = labels.ravel()[idx[first]]
     columns = [a.tolist() for a in (image[first], colour, x0, y0, x1, y1, cx, cy, area,
                                     fill.round(4), solidity.round(4))]
-    for i, c, bx0, by0, bx1, by1, px, py, n, f, s in zip(*columns):
-        found[i].append(DetectedObject(OBJECT_NAMES[c], classify(f, s), (bx0, by0, bx1, by1),
-                                       (px, py), n, f, s))
+    for shape, (i, c, bx0, by0, bx1, by1, px, py, n, f, s) in zip(shapes, zip(*columns)):
+        found[i].append(DetectedObject(OBJECT_NAMES[c], shape, (bx0, by0, bx1, by1), (px, py), n, f, s))
     return found
 
 

@@ -16,7 +16,8 @@ from lanterna.world.captions import caption_of
 from lanterna.world.layout import layout
 from lanterna.world.palette import BACKGROUNDS, HELD_OUT, TRAINING_PAIRS, Canvas
 from lanterna.world.render import render_batch, render_video_into
-from lanterna.world.spec import MOTIONS, PLACE_CELLS, RELATIONS, ObjectRequirement, Relation, Requirements, Scene
+from lanterna.world.spec import (MOTIONS, PLACE_CELLS, RELATIONS, ObjectRequirement, Relation,
+                                 Requirements, Scene)
 
 IMAGE_TASKS: tuple[str, ...] = ("single_object", "two_objects", "counting", "colors", "position",
                                 "color_attr", "novel")

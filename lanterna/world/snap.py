@@ -7,7 +7,7 @@ an orange one. So each object colour also stands for its blends with the image's
 pixel nearest the segment background -> colour is that colour when its coverage is at least half,
 and background otherwise. Pure palette pixels snap exactly as before.
 
-The snap is a lookup table over colours quantised to 6 bits a channel (built once, ~0.2 s):
+The snap is a lookup table over colours quantised to 6 bits a channel (built once, ~0.5 s):
 `labels[background][code]`, with the background found first as the most frequent of the three
 background colours among plain nearest-colour snaps (of every other pixel in x and in y).
 """
@@ -23,7 +23,7 @@ from lanterna.world.palette import BACKGROUNDS, COLOURS
 OBJECT_NAMES: tuple[str, ...] = tuple(COLOURS)
 BACKGROUND_NAMES: tuple[str, ...] = tuple(BACKGROUNDS)
 # Label ids: object colours 0-5, then the backgrounds 6-8.
-PALETTE = np.array([*COLOURS.values(), *BACKGROUNDS.values()], np.float32)
+PALETTE = np.array([*COLOURS.values(), *BACKGROUNDS.values()], np.float64)
 N_OBJECTS = len(OBJECT_NAMES)
 BITS = 6
 SHIFT = 8 - BITS
@@ -31,7 +31,7 @@ SHIFT = 8 - BITS
 
 def quantised_colours() -> np.ndarray:
     """The centre of each 6-bit colour bin, indexed by its code (r << 12 | g << 6 | b)."""
-    levels = (np.arange(1 << BITS, dtype=np.float32) + 0.5) * (1 << SHIFT) - 0.5
+    levels = (np.arange(1 << BITS, dtype=np.float64) + 0.5) * (1 << SHIFT) - 0.5
     r, g, b = np.meshgrid(levels, levels, levels, indexing="ij")
     return np.stack([r.ravel(), g.ravel(), b.ravel()], axis=1)
 
@@ -39,16 +39,11 @@ def quantised_colours() -> np.ndarray:
 @lru_cache(maxsize=1)
 def tables() -> tuple[np.ndarray, np.ndarray]:
     """(nearest palette id per code, blend-aware label per background and code)."""
-    colours = quantised_colours().astype(np.float64)
+    colours = quantised_colours()
     # |x - p|^2 for every colour x and palette entry p, as one matrix product.
     norms = (colours * colours) @ np.ones((3, 1))
-    distances = norms - 2 * colours @ PALETTE.T.astype(np.float64) + np.square(PALETTE.astype(np.float64)).sum(1)
-    nearest = np.zeros(len(colours), np.uint8)
-    best = distances[:, 0].copy()
-    for p in range(1, len(PALETTE)):
-        nearer = distances[:, p] < best
-        best[nearer] = distances[nearer, p]
-        nearest[nearer] = p
+    distances = norms - 2 * colours @ PALETTE.T + np.square(PALETTE).sum(1)
+    nearest = distances.argmin(1).astype(np.uint8)
     labels = np.empty((len(BACKGROUNDS), len(colours)), np.uint8)
     for b, background in enumerate(BACKGROUNDS.values()):
         labels[b] = blend_labels(colours, np.asarray(background, np.float64), N_OBJECTS + b, distances)
@@ -57,15 +52,13 @@ def tables() -> tuple[np.ndarray, np.ndarray]:
 
 def blend_labels(colours: np.ndarray, background: np.ndarray, background_id: int,
                  pure_distances: np.ndarray) -> np.ndarray:
+    """Per colour: the nearest of the pure background colours and the segments from this
+    background to each object colour (the object colour from half coverage up)."""
     offset = colours - background
     offset_norm = (offset * offset) @ np.ones(3)
-    # Start from the nearest pure background colour.
-    best = pure_distances[:, N_OBJECTS].copy()
-    label = np.full(len(colours), N_OBJECTS, np.uint8)
-    for other in range(N_OBJECTS + 1, len(PALETTE)):
-        nearer = pure_distances[:, other] < best
-        best[nearer] = pure_distances[nearer, other]
-        label[nearer] = other
+    backgrounds = np.ascontiguousarray(pure_distances[:, N_OBJECTS:])
+    best = backgrounds.min(1)
+    label = (N_OBJECTS + backgrounds.argmin(1)).astype(np.uint8)
     for c, colour in enumerate(COLOURS.values()):
         direction = np.asarray(colour, np.float64) - background
         length = direction.dot(direction)
