@@ -168,7 +168,8 @@ def test_detect_measures_one_square():
                   Requirements((ObjectRequirement("blue", "square"),)))
     [obj] = detect(Image.fromarray(render(scene, antialias=False)))
     assert (obj.colour, obj.shape, obj.bbox, obj.area) == ("blue", "square", (10, 12, 30, 32), 400)
-    assert obj.centroid == (20.0, 22.0) and obj.fill == 1.0 and obj.solidity == 1.0
+    assert obj.centroid == scene.objects[0].box.centre == (20.0, 22.0)
+    assert obj.fill == 1.0 and obj.solidity == 1.0
 
 
 def test_antialiased_edges_do_not_make_phantom_objects():

@@ -129,6 +129,10 @@ class Box:
     def y1(self) -> int:
         return self.y + self.size
 
+    @property
+    def centre(self) -> tuple[float, float]:
+        return self.x + self.size / 2, self.y + self.size / 2
+
 
 @dataclass(frozen=True)
 class SceneObject:
