@@ -55,7 +55,9 @@ ACCEPTED = ("a lanterna://outputs/NAME resource of this server, a data:image/...
 
 
 def describe(source: str) -> str:
-    return source if len(source) <= 80 else source[:60] + f"... ({len(source)} chars)"
+    """`source` fit to quote in a message: cut short, control and bidi characters escaped."""
+    short = source if len(source) <= 80 else source[:60] + f"... ({len(source)} chars)"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in short)
 
 
 def read_bytes(source: str, what: str, rules: InputRules, store: OutputStore) -> bytes:
@@ -143,13 +145,13 @@ def allowed_path(source: str, what: str, rules: InputRules) -> Path:
     try:
         path = Path(source).expanduser().resolve()
     except (OSError, RuntimeError, ValueError):  # symlink loops, unknown ~user, NUL bytes
-        raise InputError(f"{what}: no such file {describe(source)!r}") from None
+        raise InputError(f"{what}: no such file {describe(source)}") from None
     roots = [d.expanduser().resolve() for d in rules.allow_dirs]
     if not any(path.is_relative_to(root) for root in roots):
         allowed = ", ".join(str(r) for r in roots)
         raise InputError(f"{what}: {describe(source)} is outside the allowed folders ({allowed})")
     if not path.exists():
-        raise InputError(f"{what}: no such file {describe(source)!r}")
+        raise InputError(f"{what}: no such file {describe(source)}")
     return path
 
 

@@ -149,7 +149,7 @@ class OutputStore:
         self._total += len(data) - old
 
     def _files(self) -> list[Path]:
-        return [p for p in self.root.iterdir() if p.is_file() and NAME_PATTERN.match(p.name)]
+        return [p for p in self.root.iterdir() if NAME_PATTERN.match(p.name) and p.is_file() and not p.is_symlink()]
 
     def _evict(self, keep: set[str]) -> None:
         if self._total <= self.cap_bytes:
@@ -174,7 +174,7 @@ class OutputStore:
 
     def path(self, name: str) -> Path:
         path = self.root / check_name(name)
-        if not path.is_file():
+        if not path.is_file() or path.is_symlink():  # only files the store wrote, never a link out of the root
             raise OutputNotFound(f"{URI_PREFIX}{name} does not exist (evicted, or never made here)")
         return path
 
