@@ -21,6 +21,8 @@ def weights_dir(tmp_path_factory, request):
     directory = tmp_path_factory.mktemp("trained")
     mp = pytest.MonkeyPatch()
     mp.setenv("LANTERNA_WEIGHTS_DIR", str(directory))
+    mp.setattr(train_vae, "EVAL_IMAGES", 16)  # the held-out sets, cut to test size
+    mp.setattr(train_clip, "EVAL_PER_TASK", 16)
     request.addfinalizer(mp.undo)
     return directory
 
@@ -92,3 +94,14 @@ def test_run_log_round_trip(tmp_path):
     run.log({"kind": "train", "step": 1})
     assert run.records("eval") == [{"kind": "eval", "step": 1, "x": 2}]
     assert json.loads(run.log_path.read_text().splitlines()[1])["kind"] == "train"
+
+
+def test_continue_from_exported_weights(tmp_path, weights_dir):
+    recipe = Recipe(model="vae", size="tiny", batch=4, lr=1e-3, warmup=1, bf16=False)
+    vae, run = train_vae.train(str(tmp_path / "a"), recipe, max_steps=2, max_minutes=None, eval_every=2)
+    export.export_vae(vae, run, recipe, weights_dir)
+    again = Recipe(model="vae", size="tiny", batch=4, lr=1e-3, warmup=1, bf16=False,
+                   extra={"init_from": "shapes-vae"})
+    vae2, run2 = train_vae.train(str(tmp_path / "b"), again, max_steps=3, max_minutes=None, eval_every=100)
+    assert run2.load()["state"]["step"] == 3  # continued at 2, ran one more
+    assert [e["step"] for e in run2.records("eval")][:1] == [2]  # the curve carried over

@@ -42,6 +42,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--export-only", action="store_true",
                    help="export the run's current checkpoint without training")
     p.add_argument("--weights-dir", type=Path, help="where --export writes (default: bundled)")
+    p.add_argument("--init-from", metavar="NAME",
+                   help="with no checkpoint in the run dir, continue from these exported weights "
+                        "(e.g. shapes-dit from the weights dir)")
     p.set_defaults(func=run_command)
 
 
@@ -58,6 +61,8 @@ def run_command(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     run_dir = args.run_dir or Path("runs") / args.model
     recipe = recipe_from_args(args)
+    if args.init_from:
+        recipe.extra["init_from"] = args.init_from
     run = Run(run_dir)
     if run.has_checkpoint():
         saved = Recipe(**run.load()["recipe"])

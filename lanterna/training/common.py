@@ -200,6 +200,25 @@ def optimizer_step(trainable: Trainable, loss: torch.Tensor, recipe: Recipe, ste
     return float(grad_norm)
 
 
+def continue_from_weights(run: Run, trainable: Trainable, name: str) -> RunState:
+    """Start a run from exported weights (when a machine has no checkpoint, only the repo).
+
+    The optimiser starts afresh; the step count, wall-clock and learning curve carry on from
+    the model card, so the card's curve stays one curve.
+    """
+    from lanterna.engines import weights
+
+    card = weights.read_card(name)
+    state = weights.load_state(name)
+    trainable.model.load_state_dict(state)
+    if trainable.ema is not None:
+        trainable.ema.model.load_state_dict(state)
+    for point in card.get("learning_curve", []):
+        run.log({"kind": "eval", **point})
+    log.info("continuing %s from exported weights at step %d", name, card.get("steps", 0))
+    return RunState(step=card.get("steps", 0), seconds=card.get("train_seconds", 0.0))
+
+
 def run_loop(
     run: Run,
     trainable: Trainable,
@@ -225,6 +244,8 @@ def run_loop(
         state = RunState(**payload["state"])
         restore_rng(state.rng, np_rng)
         log.info("resumed %s at step %d (%.0f s trained)", run.dir, state.step, state.seconds)
+    elif recipe.extra.get("init_from"):
+        state = continue_from_weights(run, trainable, recipe.extra["init_from"])
     clock = Clock(state.seconds)
     last_checkpoint = time.monotonic()
     window: dict[str, list[float]] = {}

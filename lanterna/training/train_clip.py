@@ -15,6 +15,7 @@ from lanterna.training.common import Recipe, Run, Trainable, autocast, make_opti
 from lanterna.world import sampling
 
 EVAL_SEED = 20_000
+EVAL_PER_TASK = 64
 IMAGE_TASKS = ("single_object", "two_objects", "counting", "colors", "position", "color_attr", "novel")
 
 
@@ -34,10 +35,11 @@ def contrastive_loss(model: ShapesCLIP, pixels: torch.Tensor, ids: torch.Tensor,
 
 
 @torch.no_grad()
-def retrieval_accuracy(model: ShapesCLIP, tokenizer: ShapesTokenizer, per_task: int = 64,
+def retrieval_accuracy(model: ShapesCLIP, tokenizer: ShapesTokenizer, per_task: int | None = None,
                        group: int = 16) -> dict[str, float]:
     """Zero-shot: for each held-out render, pick its caption among `group` captions of the same task."""
     model.eval()
+    per_task = per_task or EVAL_PER_TASK
     rng = np.random.default_rng(EVAL_SEED)
     scores = {}
     for task in IMAGE_TASKS:
@@ -75,7 +77,7 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
         grad = optimizer_step(trainable, loss, recipe, step)
         with torch.no_grad():
             model.logit_scale.clamp_(0, np.log(100))
-        return {"loss": float(loss), "grad_norm": grad, "logit_scale": float(model.logit_scale.exp())}
+        return {"loss": float(loss.detach()), "grad_norm": grad, "logit_scale": float(model.logit_scale.exp())}
 
     def evaluate(step: int) -> dict:
         return {"retrieval": retrieval_accuracy(model, tokenizer)}

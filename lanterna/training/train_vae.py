@@ -16,6 +16,7 @@ log = logging.getLogger("lanterna.training.vae")
 
 KL_WEIGHT = 1e-6  # as in latent diffusion's KL-f4 autoencoders: a nudge towards N(0, 1), no more
 EVAL_SEED = 10_000  # held-out renders come from a seed no training batch uses
+EVAL_IMAGES = 256
 
 
 def build(recipe: Recipe) -> AutoencoderKL:
@@ -32,17 +33,17 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator | N
 
 
 @torch.no_grad()
-def held_out_psnr(vae: AutoencoderKL, n: int = 256) -> float:
+def held_out_psnr(vae: AutoencoderKL, n: int | None = None) -> float:
     vae.eval()
-    x, _ = data.image_batch(np.random.default_rng(EVAL_SEED), n)
+    x, _ = data.image_batch(np.random.default_rng(EVAL_SEED), n or EVAL_IMAGES)
     recon = torch.cat([vae.decode(vae.encode(chunk).mode()) for chunk in x.split(64)])
     return data.psnr(recon, x)
 
 
 @torch.no_grad()
-def fit_scaling_factor(vae: AutoencoderKL, n: int = 512) -> float:
+def fit_scaling_factor(vae: AutoencoderKL, n: int | None = None) -> float:
     """1 / std of the latents, so diffusion sees unit-variance inputs (Rombach et al. 2022)."""
-    x, _ = data.image_batch(np.random.default_rng(EVAL_SEED + 1), n)
+    x, _ = data.image_batch(np.random.default_rng(EVAL_SEED + 1), n or 2 * EVAL_IMAGES)
     z = torch.cat([vae.encode(chunk).mode() for chunk in x.split(64)])
     return float(1.0 / z.std())
 
