@@ -337,6 +337,8 @@ ARGUMENT_CASES = [
     (generate(guidance=1e308), ["guidance", "less than or equal to 30"]),
     (generate(guidance=-1), ["guidance", "greater than or equal to 0"]),
     (generate(seed=2**64), ["seed"]),
+    (generate(seed=2**31 - 1, num_images=2), ["seed", "at most 2147483646"]),  # seed+1 could not be sent back
+    (generate(seed=2**31 - 8, num_images=1, best_of=16), ["seed", "at most 2147483632"]),
     (("generate_image", {"prompt": ""}), ["prompt", "at least 1 character"]),
     (("generate_image", {"prompt": "x" * 10**6}), ["prompt", "at most 2000 characters"]),
     (("generate_image", {}), ["prompt", "required"]),

@@ -234,7 +234,13 @@ def check_frames(name: str, engine: Engine, frames: int | None) -> None:
 
 
 def resolve_seeds(seed: int, count: int) -> list[int]:
-    """`seed`, `seed`+1, ...; a random start for -1 (leaving room for the batch below MAX_SEED)."""
+    """`seed`, `seed`+1, ...; a random start for -1 (leaving room for the batch below MAX_SEED).
+
+    Every returned seed must be one a client can send back to reproduce its image.
+    """
+    if seed > MAX_SEED - count + 1:
+        raise ArgumentError(f"seed: a batch of {count} uses seeds {seed}..{seed + count - 1}, past {MAX_SEED}; "
+                            f"give a seed of at most {MAX_SEED - count + 1}")
     start = secrets.randbelow(MAX_SEED - 64) if seed < 0 else seed
     return [start + i for i in range(count)]
 
