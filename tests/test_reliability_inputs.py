@@ -352,6 +352,7 @@ ARGUMENT_CASES = [
     (("edit", {"image": "x", "prompt": "a red square", "num_images": 9}), ["num_images"]),
     (("edit", {"image": "x", "prompt": "a red square", "strength": 1.5}), ["strength"]),
     (("get_job", {"job_id": "job-1-nope"}), ["no job"]),
+    (("cancel_job", {"job_id": "job-2-nope"}), ["no job"]),
     (("cancel_job", {"job_id": "x" * 10**4}), ["job_id", "at most 100"]),
 ]
 
@@ -368,6 +369,7 @@ async def test_named_argument_cases_answer_what_is_allowed(server, mode):
             for needle in needles:
                 assert needle in text, (tool, str(arguments)[:100], text[:300])
             assert len(text) < 2000  # a 10^6-character argument is not echoed back
+            assert "job-" not in text.replace(str(arguments.get("job_id")), "")  # no other client's job id
     await workers_alive(server)
 
 

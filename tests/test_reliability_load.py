@@ -218,3 +218,53 @@ async def test_the_output_cap_holds_while_several_workers_save(tmp_path):
         assert not [p for p in os.listdir(store.root) if p.startswith(".tmp")]
     finally:
         server.runtime.close()
+
+
+@pytest.mark.anyio
+async def test_evaluations_take_turns_and_a_full_line_is_busy(tmp_path, monkeypatch):
+    """evaluate runs outside the engine queues: its calls decode one at a time, behind a bounded line."""
+    import threading
+    import time
+
+    from lanterna.tools import evaluate as evaluate_tool
+
+    inside, most, lock = 0, 0, threading.Lock()
+    real_read_frames = evaluate_tool.read_frames
+
+    def slow_read_frames(*args, **kwargs):
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.2)  # a large input being decoded
+        try:
+            return real_read_frames(*args, **kwargs)
+        finally:
+            with lock:
+                inside -= 1
+
+    monkeypatch.setattr(evaluate_tool, "read_frames", slow_read_frames)
+    server = create_server(Settings(output_dir=tmp_path / "outputs", queue_size=2), fast_registry())
+    try:
+        async with Client(server) as client:
+            made = await client.call_tool("generate_image", {"prompt": "a red square", "seed": 1})
+            uri = made.structured_content["images"][0]["uri"]
+            answers: list[str] = []
+
+            async def judge() -> None:
+                result = await client.call_tool("evaluate", {"images": [uri], "prompt": "a red square"})
+                if result.is_error:
+                    assert "busy" in result.content[0].text and "try again" in result.content[0].text
+                    answers.append("busy")
+                else:
+                    assert result.structured_content["images"][0]["clip_score"] is not None
+                    answers.append("done")
+
+            with anyio.fail_after(CALL_TIMEOUT):
+                async with anyio.create_task_group() as group:
+                    for _ in range(8):
+                        group.start_soon(judge)
+        assert most == 1  # never two evaluations decoding at once
+        assert len(answers) == 8 and answers.count("done") >= 3 and "busy" in answers, answers
+    finally:
+        server.runtime.close()

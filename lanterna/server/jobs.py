@@ -244,8 +244,9 @@ class JobManager:
     def get(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
         if job is None:
-            known = ", ".join(list(self.jobs)[-5:]) or "none"
-            raise JobNotFound(f"job_id: no job {job_id!r} (finished jobs are kept for a while; recent: {known})")
+            # Other clients' job ids are not listed: an id is the capability to collect or cancel a job.
+            raise JobNotFound(f"job_id: no job {job_id!r} (give the job_id a generation call returned; finished "
+                              f"jobs are kept for the last {self.keep_finished})")
         return job
 
     def cancel(self, job: Job) -> None:

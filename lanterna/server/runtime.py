@@ -4,19 +4,49 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import anyio
 from PIL import Image
 
 from lanterna.config import Settings
 from lanterna.engines.base import Scorer
 from lanterna.engines.registry import ModelRegistry
 from lanterna.server.inputs import InputRules
-from lanterna.server.jobs import JobManager
+from lanterna.server.jobs import JobManager, QueueFull
 from lanterna.server.previews import PreviewBudget
 from lanterna.server.store import OutputStore
 
 log = logging.getLogger("lanterna.server")
+
+
+@dataclass
+class Turns:
+    """Calls that take turns, one at a time, with at most `waiting` more in line (beyond: busy).
+
+    For work outside the engine queues that still costs memory and CPU in proportion to its
+    inputs (evaluate decodes up to a few hundred megapixels), so that many clients at once
+    cannot add it up.
+    """
+
+    what: str
+    waiting: int
+    _in_line: int = 0
+    _lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        if self._in_line > self.waiting:  # one running and `waiting` waiting
+            raise QueueFull(f"busy: {self._in_line - 1} {self.what} calls are already waiting (the limit); "
+                            f"try again in a little while")
+        self._in_line += 1
+        try:
+            async with self._lock:
+                yield
+        finally:
+            self._in_line -= 1
 
 
 @dataclass
@@ -27,6 +57,7 @@ class Runtime:
     jobs: JobManager
     rules: InputRules
     budget: PreviewBudget
+    evaluations: Turns
     # Scorers are shared by every engine's worker; torch modules are not guaranteed re-entrant.
     scorer_lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -40,6 +71,7 @@ class Runtime:
             rules=InputRules(tuple(settings.allow_dirs), settings.max_input_bytes, settings.max_input_pixels),
             budget=PreviewBudget(settings.preview_max_side, settings.preview_min_side,
                                  settings.preview_budget_chars),
+            evaluations=Turns("evaluate", settings.queue_size),
         )
 
     def scorer(self) -> Scorer | None:

@@ -259,4 +259,6 @@ def set_metrics(args: EvaluateArgs, rt: Runtime, generated: list[Image.Image], w
 
 
 async def evaluate(args: EvaluateArgs, rt: Runtime) -> EvaluationReport:
-    return await anyio.to_thread.run_sync(evaluate_blocking, args, rt)
+    # One evaluation at a time: each may hold a few hundred megapixels while it runs.
+    async with rt.evaluations.turn():
+        return await anyio.to_thread.run_sync(evaluate_blocking, args, rt)
