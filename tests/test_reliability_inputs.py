@@ -423,6 +423,9 @@ def image_cases(files: Files) -> list[tuple[tuple[str, dict], list[str]]]:
 
     allowed = str(files.allowed)
     dotdot = str(files.allowed / ".." / "private" / "secret.png")
+    tiff_out = io.BytesIO()
+    pattern(1, "a red square", 64, 64).save(tiff_out, format="TIFF")
+    tiff = tiff_out.getvalue()
     animated = gif_bytes(flat_frames(64, 40))  # 163,840 pixels over 40 frames: past the server's 5,000
     return [
         (edit("/etc/passwd"), ["outside the allowed folders", allowed]),
@@ -439,6 +442,7 @@ def image_cases(files: Files) -> list[tuple[tuple[str, dict], list[str]]]:
         (edit("file:///etc/passwd"), ["not fetched"]),
         (edit("ftp://127.0.0.1/x.png"), ["not fetched"]),
         (edit(str(files.text)), ["not an image", "PNG"]),
+        (edit(data_url(tiff, "image/tiff")), ["not an image", "PNG"]),  # only the accepted decoders ever run
         (edit(str(files.truncated)), ["truncated or corrupt"]),
         (edit(str(files.bomb)), ["too large", "pixels"]),
         (edit(data_url(files.bomb.read_bytes())), ["too large", "pixels"]),

@@ -24,6 +24,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from lanterna.server.store import URI_PREFIX, OutputStore, name_from_uri
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP")
+DECODERS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")  # Pillow plugin ids (JPEG's also opens MPO)
 VIDEO_EXTENSIONS = (".mp4", ".gif", ".webp")
 SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
@@ -171,7 +172,7 @@ def decode_image(data: bytes, what: str, rules: InputRules) -> Image.Image:
     if len(data) > rules.max_bytes:
         raise InputError(f"{what}: {len(data)} bytes is over the {rules.max_bytes} byte limit")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=DECODERS)  # no other decoder ever parses input
     except UnidentifiedImageError:
         raise InputError(f"{what}: not an image (accepted formats: {', '.join(ALLOWED_FORMATS)})") from None
     except Image.DecompressionBombError:
