@@ -55,6 +55,7 @@ def check_burst(outcomes: dict[int, tuple[str, str | None]], output_dir: Path) -
     busy = [i for i, (kind, _) in outcomes.items() if kind == "busy"]
     assert len(done) + len(busy) == BURST
     assert len(done) >= QUEUE + 1 and busy, (len(done), len(busy))
+    print(f"burst of {BURST}: {len(done)} done, {len(busy)} busy")
     assert len(set(done.values())) == len(done)  # one job per accepted call
     # Each accepted call made exactly one file, whose sidecar names that call's job: nothing ran twice.
     sidecars = [json.loads(p.read_text()) for p in output_dir.glob("*.json")]
