@@ -77,7 +77,7 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
         grad = optimizer_step(trainable, loss, recipe, step)
         with torch.no_grad():
             model.logit_scale.clamp_(0, np.log(100))
-        return {"loss": float(loss.detach()), "grad_norm": grad, "logit_scale": float(model.logit_scale.exp())}
+        return {"loss": float(loss.detach()), "grad_norm": grad, "logit_scale": float(model.logit_scale.detach().exp())}
 
     def evaluate(step: int) -> dict:
         return {"retrieval": retrieval_accuracy(model, tokenizer)}
