@@ -1,0 +1,34 @@
+"""The weights that ship in the package: complete model cards, a size budget, and they generate."""
+
+from __future__ import annotations
+
+import pytest
+
+from lanterna.engines import weights
+from lanterna.engines.base import GenerationRequest
+from lanterna.engines.bundled import IMAGE_MODELS, SCORER, VIDEO_MODELS, default_registry
+
+BUNDLED = [n for n in ("shapes-vae", SCORER, *IMAGE_MODELS, *VIDEO_MODELS)
+           if weights.has_weights(n, weights.BUNDLED_DIR)]
+CARD_FIELDS = {"name", "net", "config", "recipe", "steps", "train_seconds", "metrics",
+               "learning_curve", "data", "parameters"}
+
+
+def test_bundled_weights_stay_under_40_mb():
+    total = sum(p.stat().st_size for p in weights.BUNDLED_DIR.glob("*.safetensors"))
+    assert total < 40 * 2**20
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_model_cards_are_complete(name):
+    card = weights.read_card(name, weights.BUNDLED_DIR)
+    assert CARD_FIELDS <= set(card), CARD_FIELDS - set(card)
+    assert card["steps"] > 0 and card["recipe"]["batch"] > 0
+
+
+@pytest.mark.parametrize("name", [n for n in BUNDLED if n in IMAGE_MODELS])
+def test_bundled_image_model_generates(name):
+    engine = default_registry(weights.BUNDLED_DIR).get(name)
+    result = engine.run(GenerationRequest(task="t2i", prompt="a red circle", seeds=[0], steps=4))
+    assert result.images[0].size == (engine.defaults.width, engine.defaults.height)
+    assert result.images[0].getextrema() != ((0, 0), (0, 0), (0, 0))
