@@ -180,8 +180,10 @@ def markdown(result: dict) -> str:
         "interleaved so that both sides meet the same load; lanterna also runs the extractor "
         "under inference mode). The distance step differs: lanterna accumulates mean and "
         "covariance in float64 batch by batch and takes tr sqrt(S1 S2) as the nuclear norm of "
-        "F2^T F1 for Cholesky factors F F^T = S (eigen-factors at reduced rank when S is "
-        "singular); torchmetrics takes the eigenvalues of the non-symmetric product S1 S2.")
+        "F2^T F1 for factors F F^T = S: Cholesky factors when S has full rank (the 128-d rows), "
+        "the centred features themselves when a set is no larger than the feature size (the "
+        "2048-d row: 1,000 features a side, so no d x d decomposition at all); torchmetrics takes "
+        "the eigenvalues of the non-symmetric 2048 x 2048 product S1 S2.")
     return "\n".join([*lines, "", *textwrap.wrap(notes, 100), ""])
 
 

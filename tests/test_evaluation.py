@@ -396,7 +396,8 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 
 class TensorFeatures(torch.nn.Module):
     """torchmetrics 1.9 divides what `get_*_features` returns by its norm, but transformers 5
-    returns a ModelOutput there: hand it the projected embedding, as transformers 4 did."""
+    returns a ModelOutput there (torchmetrics issue #3407, fixed upstream after 1.9): hand it the
+    projected embedding, as transformers 4 did. Nothing else about the model changes."""
 
     def __init__(self, model) -> None:
         super().__init__()
