@@ -86,7 +86,8 @@ def test_a_stdio_client_that_closes_the_pipe_stops_the_server_and_its_job(tmp_pa
             process.stdin.flush()
 
         send({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-              "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}})
+              "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                         "clientInfo": {"name": "t", "version": "0"}}})
         assert b'"id":1' in process.stdout.readline()
         send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         send({"jsonrpc": "2.0", "id": 2, "method": "tools/call",

@@ -181,7 +181,8 @@ def test_token_host_origin_and_body_size_are_enforced(tmp_path):
                 assert raw.post(url, json=INITIALIZE, headers={**authed, "Origin": origin}).status_code == 403
             for host in ("evil.example", "evil.example:80", "127.0.0.1.evil.example", "localhost.evil"):
                 assert raw.post(url, json=INITIALIZE, headers={**authed, "Host": host}).status_code == 421
-            assert raw.post(url, json=INITIALIZE, headers={**authed, "Origin": url.rsplit("/", 1)[0]}).status_code == 200
+            local = raw.post(url, json=INITIALIZE, headers={**authed, "Origin": url.rsplit("/", 1)[0]})
+            assert local.status_code == 200
 
             over = raw.post(url, content=b"{" + b" " * (8 * MiB + 1), headers=authed)
             assert over.status_code == 413
