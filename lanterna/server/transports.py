@@ -16,9 +16,9 @@ import logging
 
 import anyio
 from mcp.server.auth.provider import AccessToken
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lanterna.config import LOOPBACK_HOSTS, Settings
 
