@@ -7,7 +7,8 @@ Uses the bundled weights when lanterna/weights/ has them; otherwise random-weigh
 nets' "default" sizes saved in a temporary folder the same way (the output says which). Times
 `ShapesEngine.run` (text encoding, the guided denoising loop, VAE decoding, PIL conversion) after
 one warm-up run, which also exports the ONNX graphs (cached by weights hash) and, for `auto`,
-calibrates. The median of --runs runs is reported with the backend label each result carried.
+calibrates. The median of --runs rounds, each running every backend once in turn (so the load
+of other jobs falls on all alike), is reported with the backend label each result carried.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_peak import load_average, machine_note, median_seconds  # noqa: E402
+from bench_peak import interleaved_medians, load_average, machine_note  # noqa: E402
 
 from lanterna.engines import weights  # noqa: E402
 from lanterna.engines.base import GenerationRequest  # noqa: E402
@@ -68,21 +69,21 @@ def save_random_default_bundle(directory: Path, steps: int) -> Path:
 
 def bench_model(engine: ShapesEngine, backends: list[str], steps: int, runs: int) -> list[dict]:
     task = "t2v" if engine.is_video else "t2i"
-    rows = []
+    requests, labels, first = {}, {}, {}
     for backend in backends:
-        request = GenerationRequest(task=task, prompt=PROMPTS.get(engine.name, "a red circle"), seeds=[0],
-                                    steps=steps, backend=backend)
+        requests[backend] = GenerationRequest(task=task, prompt=PROMPTS.get(engine.name, "a red circle"),
+                                              seeds=[0], steps=steps, backend=backend)
         start = time.perf_counter()
-        result = engine.run(request)  # warm-up: loads, exports / calibrates on first use
-        first = time.perf_counter() - start
-        load_before = load_average()[0]
-        seconds = median_seconds(lambda: engine.run(request), runs=runs, warmup=0)
-        row = {"model": engine.name, "task": task, "backend": backend, "label": result.backend, "steps": steps,
-               "frames": engine.defaults.frames if engine.is_video else None,
-               "median_s": round(seconds, 4), "first_run_s": round(first, 2),
-               "load_before": round(load_before, 2), "load_after": round(load_average()[0], 2)}
+        labels[backend] = engine.run(requests[backend]).backend  # loads, exports / calibrates once
+        first[backend] = time.perf_counter() - start
+    load_before = load_average()[0]
+    seconds = interleaved_medians({b: lambda b=b: engine.run(requests[b]) for b in backends}, runs=runs, warmup=0)
+    rows = [{"model": engine.name, "task": task, "backend": b, "label": labels[b], "steps": steps,
+             "frames": engine.defaults.frames if engine.is_video else None, "median_s": round(seconds[b], 4),
+             "first_run_s": round(first[b], 2), "load_before": round(load_before, 2),
+             "load_after": round(load_average()[0], 2)} for b in backends]
+    for row in rows:
         log.info("%s", json.dumps(row))
-        rows.append(row)
     return rows
 
 

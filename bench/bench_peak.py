@@ -34,6 +34,22 @@ def median_seconds(fn: Callable[[], object], runs: int = 7, warmup: int = 2) -> 
     return statistics.median(times)
 
 
+def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int = 7, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each function, timed in rounds that call every function once (in a
+    rotating order), so that a load from other processes falls on all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(runs):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def load_average() -> tuple[float, float, float]:
     return os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
 
