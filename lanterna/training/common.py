@@ -37,7 +37,7 @@ class Recipe:
     weight_decay: float = 0.0
     ema: float = 0.999
     seed: int = 0
-    bf16: bool = True
+    bf16: bool = False
     grad_clip: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
