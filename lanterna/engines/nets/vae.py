@@ -26,10 +26,10 @@ from lanterna.engines.nets.layers import Attention
 class VAEConfig:
     in_channels: int = 3
     latent_channels: int = 4
-    channels: tuple[int, ...] = (32, 64, 64)  # one per resolution; factor 2 ** (levels - 1)
+    channels: tuple[int, ...] = (16, 32, 64)  # one per resolution; factor 2 ** (levels - 1)
     res_blocks: int = 1  # per level in the encoder; the decoder has one more
-    mid_attention: bool = True
-    norm_groups: int = 16
+    mid_attention: bool = False
+    norm_groups: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))  # JSON gives lists
@@ -42,9 +42,11 @@ class VAEConfig:
 VAE_SIZES: dict[str, dict] = {
     "tiny": dict(in_channels=3, latent_channels=4, channels=(8, 16, 16), res_blocks=1,
                  mid_attention=True, norm_groups=4),
-    # f = 4; 0.78 M parameters, 1.36 GFLOP to encode and decode a 64x64 image (0.40 + 0.96).
-    "default": dict(in_channels=3, latent_channels=4, channels=(32, 64, 64), res_blocks=1,
-                    mid_attention=True, norm_groups=16),
+    # f = 4; 0.46 M parameters, 0.49 GFLOP to encode and decode a 64x64 image (0.15 + 0.34).
+    # Flat-shaded shapes need no attention in the middle; thin early levels keep a training step
+    # at a third of the (32, 64, 64) coder's time.
+    "default": dict(in_channels=3, latent_channels=4, channels=(16, 32, 64), res_blocks=1,
+                    mid_attention=False, norm_groups=8),
 }
 
 
