@@ -44,6 +44,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--export-only", action="store_true",
                    help="export the run's current checkpoint without training")
     p.add_argument("--weights-dir", type=Path, help="where --export writes (default: bundled)")
+    p.add_argument("--half", action="store_true",
+                   help="export the weights in fp16 (check with bench/bench_half.py that nothing "
+                        "measurable is lost)")
     p.add_argument("--init-from", metavar="NAME",
                    help="with no checkpoint in the run dir, continue from these exported weights "
                         "(e.g. shapes-dit from the weights dir)")
@@ -81,13 +84,13 @@ def run_command(args: argparse.Namespace) -> int:
 
         model, run = train_vae.train(str(run_dir), recipe, max_steps, minutes, args.eval_every)
         if args.export or args.export_only:
-            export.export_vae(model, run, recipe, args.weights_dir)
+            export.export_vae(model, run, recipe, args.weights_dir, half=args.half)
     elif args.model == "clip":
         from lanterna.training import train_clip
 
         model, run = train_clip.train(str(run_dir), recipe, max_steps, minutes, args.eval_every)
         if args.export or args.export_only:
-            export.export_clip(model, run, recipe, args.weights_dir)
+            export.export_clip(model, run, recipe, args.weights_dir, half=args.half)
     else:
         from lanterna.training import train_diffusion
         from lanterna.training.progress_eval import quick_geneval
@@ -95,6 +98,6 @@ def run_command(args: argparse.Namespace) -> int:
         model, run = train_diffusion.train(str(run_dir), recipe, max_steps, minutes,
                                            args.eval_every, evaluate=quick_geneval(recipe))
         if args.export or args.export_only:
-            export.export_denoiser(model, run, recipe, args.weights_dir)
+            export.export_denoiser(model, run, recipe, args.weights_dir, half=args.half)
     log.info("done: %s", asdict(recipe))
     return 0

@@ -103,7 +103,7 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
         with autocast(recipe.bf16):
             loss = flow_loss(net, z0, context, mask, pooled, prediction)
         grad = optimizer_step(trainable, loss, recipe, step)
-        return {"loss": float(loss), "grad_norm": grad}
+        return {"loss": float(loss.detach()), "grad_norm": grad}
 
     def evaluate_ema(step: int) -> dict:
         return {} if evaluate is None else evaluate(trainable.inference_model, step)

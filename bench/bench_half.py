@@ -1,0 +1,119 @@
+"""Does storing a bundled model in fp16 lose anything measurable?
+
+For each model in the weights folder, the model's own metric with its fp32 weights and with the
+same weights rounded through fp16 (the loader computes in fp32 either way, so rounding is the
+only difference):
+- shapes-vae: reconstruction PSNR on the held-out renders;
+- shapes-clip: zero-shot retrieval accuracy on the held-out renders;
+- denoisers: images for the first prompts of every ShapesGenEval task at fixed seeds (20 steps
+  DPM-Solver++, the card's guidance): the largest per-pixel difference and whether the judge's
+  verdicts change.
+Prints one JSON line per model; --record also writes it to the model card as "fp16_check".
+
+    python bench/bench_half.py [--weights-dir DIR] [--models NAME ...] [--prompts-per-task N] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lanterna.engines import weights  # noqa: E402
+from lanterna.engines.nets.text import ShapesTokenizer  # noqa: E402
+from lanterna.engines.pipeline import LatentDiffusionPipeline, SamplingOptions  # noqa: E402
+from lanterna.engines.shapes import load_clip, load_denoiser, load_vae  # noqa: E402
+from lanterna.evaluation import geneval  # noqa: E402
+from lanterna.training import train_clip, train_vae  # noqa: E402
+
+IMAGE_DENOISERS = ("shapes-dit", "shapes-unet")
+
+
+@torch.no_grad()
+def rounded_through_fp16(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.copy_(p.half().float())
+    for b in module.buffers():
+        if b.is_floating_point():
+            b.copy_(b.half().float())
+    return module
+
+
+def check_vae(directory: Path | None) -> dict:
+    full = train_vae.held_out_psnr(load_vae(directory=directory))
+    half = train_vae.held_out_psnr(rounded_through_fp16(load_vae(directory=directory)))
+    return {"metric": "held-out PSNR (dB)", "fp32": round(full, 3), "fp16": round(half, 3)}
+
+
+def check_clip(directory: Path | None) -> dict:
+    tokenizer = ShapesTokenizer()
+    full = train_clip.retrieval_accuracy(load_clip(directory=directory), tokenizer)
+    half = train_clip.retrieval_accuracy(rounded_through_fp16(load_clip(directory=directory)), tokenizer)
+    return {"metric": "retrieval accuracy (mean)", "fp32": round(full["mean"], 4),
+            "fp16": round(half["mean"], 4), "per_task_equal": full == half}
+
+
+def sample(name: str, directory: Path | None, half: bool, prompts_per_task: int) -> tuple[list, list]:
+    card = weights.read_card(name, directory)
+    net = load_denoiser(name, directory)
+    if half:
+        rounded_through_fp16(net)
+    pipe = LatentDiffusionPipeline(net, load_vae(directory=directory), load_clip(directory=directory),
+                                   ShapesTokenizer(), prediction=card.get("prediction", "v"),
+                                   shift=card.get("shift", 1.0))
+    options = SamplingOptions(steps=20, guidance=card["defaults"]["guidance"], sampler="dpmpp-2m",
+                              shift=card.get("shift", 1.0))
+    pairs = geneval.jobs(list(geneval.TASKS), prompts_per_task, 1)
+    images = [pipe.text_to_image(p.text, [seed], options, 64, 64)[0] for p, seed in pairs]
+    return images, geneval.judge_images(images, [p.requirements for p, _ in pairs])
+
+
+def check_denoiser(name: str, directory: Path | None, prompts_per_task: int) -> dict:
+    full_images, full_verdicts = sample(name, directory, False, prompts_per_task)
+    half_images, half_verdicts = sample(name, directory, True, prompts_per_task)
+    diffs = [int(np.abs(geneval.as_uint8(a).astype(int) - geneval.as_uint8(b).astype(int)).max())
+             for a, b in zip(full_images, half_images)]
+    changed = sum(a.passed != b.passed for a, b in zip(full_verdicts, half_verdicts))
+    return {"metric": "images passing the judge", "images": len(diffs),
+            "fp32": sum(v.passed for v in full_verdicts), "fp16": sum(v.passed for v in half_verdicts),
+            "verdicts_changed": changed, "max_pixel_difference_of_255": max(diffs),
+            "median_max_pixel_difference_of_255": float(np.median(diffs))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights-dir", type=Path)
+    parser.add_argument("--models", nargs="+", default=["shapes-vae", "shapes-clip", *IMAGE_DENOISERS])
+    parser.add_argument("--prompts-per-task", type=int, default=5)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--record", action="store_true", help="write each result into its model card")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name in args.models:
+        if not weights.has_weights(name, args.weights_dir):
+            print(json.dumps({"model": name, "skipped": "no weights"}))
+            continue
+        if name == "shapes-vae":
+            row = check_vae(args.weights_dir)
+        elif name == "shapes-clip":
+            row = check_clip(args.weights_dir)
+        else:
+            row = check_denoiser(name, args.weights_dir, args.prompts_per_task)
+        print(json.dumps({"model": name, **row}), flush=True)
+        if args.record:
+            card = weights.read_card(name, args.weights_dir)
+            card["fp16_check"] = row
+            weights.write_card(name, card, args.weights_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
