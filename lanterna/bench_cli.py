@@ -49,6 +49,8 @@ def add_common(q: argparse.ArgumentParser) -> None:
     q.add_argument("--backend", default="torch")
     q.add_argument("--config", help="model registry file (TOML)")
     q.add_argument("--threads", type=int)
+    q.add_argument("--record", action="store_true",
+                   help="also append the result to the model card's benchmarks (bundled-format models)")
 
 
 def load(args: argparse.Namespace, capability: str) -> tuple[Engine, Scorer | None]:
@@ -125,10 +127,24 @@ def run_bench(args: argparse.Namespace) -> int:
                   engine.defaults.sampler, steps=args.steps or engine.defaults.steps,
                   guidance=engine.defaults.guidance if args.guidance is None else args.guidance,
                   backend=args.backend, seconds=round(time.perf_counter() - start, 1))
+    report.update(prompts_per_task=args.prompts_per_task, images_per_prompt=args.images_per_prompt)
     if not video:
         report["best_of"] = args.best_of
+    if args.record:
+        record_in_card(engine.name, {"bench": args.bench, **report})
     print(json.dumps(report, indent=2))
     return 0
+
+
+def record_in_card(name: str, entry: dict) -> None:
+    """Append a benchmark result to a bundled-format model's card, dated."""
+    import datetime as dt
+
+    from lanterna.engines import weights
+
+    card = weights.read_card(name)
+    card.setdefault("benchmarks", []).append({"date": dt.date.today().isoformat(), **entry})
+    weights.write_card(name, card)
 
 
 def run_samplers(args: argparse.Namespace) -> int:
@@ -147,5 +163,9 @@ def run_samplers(args: argparse.Namespace) -> int:
             rows.append({"sampler": sampler, "steps": steps, "overall": scores["overall"],
                          "seconds": round(time.perf_counter() - start, 1)})
             log.info("%s", rows[-1])
-    print(json.dumps({"model": engine.name, "weights": engine.weights_hash, "rows": rows}, indent=2))
+    report = {"model": engine.name, "weights": engine.weights_hash, "prompts_per_task": args.prompts_per_task,
+              "images_per_prompt": args.images_per_prompt, "rows": rows}
+    if args.record:
+        record_in_card(engine.name, {"bench": "samplers", **report})
+    print(json.dumps(report, indent=2))
     return 0

@@ -36,6 +36,19 @@ def test_geneval_best_of(tiny_weights, capsys):
     assert report["best_of"] == 2 and list(report["tasks"]) == ["colors"]
 
 
+def test_record_appends_the_result_to_the_model_card(tiny_weights, capsys):
+    from lanterna.engines import weights
+
+    args = ["bench", "geneval", "--prompts-per-task", "1", "--images-per-prompt", "1", "--steps", "1",
+            "--tasks", "colors", "--record"]
+    assert main(args) == 0 and main(args[:-1] + ["--best-of", "2", "--record"]) == 0
+    printed = [json.loads(chunk) for chunk in capsys.readouterr().out.replace("}\n{", "}\0{").split("\0")]
+    entries = weights.read_card("shapes-dit", tiny_weights)["benchmarks"][-2:]
+    assert [e["best_of"] for e in entries] == [1, 2]
+    assert [e["overall"] for e in entries] == [p["overall"] for p in printed]
+    assert entries[0]["bench"] == "geneval" and entries[0]["prompts_per_task"] == 1
+
+
 def test_videoeval_json(tiny_weights, capsys):
     assert main(["bench", "videoeval", "--prompts-per-task", "1", "--images-per-prompt", "1",
                  "--steps", "1"]) == 0
