@@ -619,3 +619,36 @@ def test_bundled_shapes_clip_scores_and_features(tmp_path, monkeypatch, capsys, 
     assert json.loads(out)["fid"] == pytest.approx(0, abs=1e-6)
     code, out, _ = run_cli(["evaluate", "clip", str(folder / "0000.png"), "--prompt", "a red circle"], capsys)
     assert code == 0 and json.loads(out)["scorer"] == "shapes-clip"
+
+
+def test_fid_of_sets_smaller_than_the_feature_size_warns_with_the_count_needed(tmp_path, capsys, extractor):
+    small_ref, small_gen = shapes_images(10, seed=1), shapes_images(12, seed=2)
+    with pytest.warns(sets.IllConditionedWarning, match="at least 25 images"):
+        sets.compute_fid(small_ref, small_gen, extractor, cache=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sets.IllConditionedWarning)
+        sets.compute_fid(shapes_images(30, seed=1), shapes_images(26, seed=2), extractor, cache=False)
+
+    register_feature_extractor("test-small-conv", lambda: extractor)
+    ref = save_folder(small_ref, tmp_path / "ref")
+    gen = save_folder(shapes_images(40, seed=2), tmp_path / "gen")
+    code, out, _ = run_cli(["evaluate", "fid", str(ref), str(gen), "--features", "test-small-conv",
+                            "--no-cache"], capsys)
+    result = json.loads(out)
+    assert code == 0 and len(result["warnings"]) == 1
+    assert "set of 10 images" in result["warnings"][0] and "feature size 24" in result["warnings"][0]
+
+
+def test_an_unreadable_file_is_named_in_the_error(tmp_path, capsys, extractor):
+    ref = save_folder(shapes_images(6, seed=1), tmp_path / "ref")
+    whole = (ref / "0003.png").read_bytes()
+    (ref / "0003.png").write_bytes(whole[: len(whole) // 2])
+    (ref / "0005.png").write_text("not an image")
+    with pytest.raises(ValueError, match="0003.png"):
+        sets.compute_fid(ref, shapes_images(6, seed=2), extractor, cache=False)
+    register_feature_extractor("test-small-conv", lambda: extractor)
+    code, out, err = run_cli(["evaluate", "fid", str(ref), str(ref), "--features", "test-small-conv",
+                              "--no-cache"], capsys)
+    assert code == 2 and out == "" and "0003.png" in err

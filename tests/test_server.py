@@ -489,6 +489,8 @@ async def test_evaluate_set_metrics_match_the_evaluation_library(make_server, tm
                                                      "features": "test-colour-stats"})
         assert not result.is_error, result.content[0].text
         got = result.structured_content["set_metrics"]
+        # 8 generated images against 9 features: the report says FID needs 10 or more.
+        assert any("at least 10 images" in w for w in result.structured_content["warnings"])
         generated = [Image.open(io.BytesIO((await read_bytes(client, uri))[0])).convert("RGB") for uri in uris]
     extractor = ModuleFeatures("test-colour-stats", colour_stats)
     assert (got["generated_count"], got["reference_count"]) == (8, 10)

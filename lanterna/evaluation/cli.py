@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -145,8 +146,13 @@ def run_set_metric(args: argparse.Namespace) -> int:
     extractor = extractor_from_args(args)
     cache: StatsCache | bool = False if args.no_cache else StatsCache(args.cache_dir)
     common = dict(cache=cache, batch_size=args.batch_size, progress=True)
+    caught: list[warnings.WarningMessage] = []
     if args.metric == "fid":
-        values = {"fid": sets.compute_fid(reference, generated, extractor, **common)}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", sets.IllConditionedWarning)
+            values = {"fid": sets.compute_fid(reference, generated, extractor, **common)}
+        for w in caught:
+            log.warning("%s", w.message)
     elif args.metric == "kid":
         kid = sets.compute_kid(reference, generated, extractor, subsets=args.subsets,
                                subset_size=args.subset_size, seed=args.seed, **common)
@@ -158,7 +164,8 @@ def run_set_metric(args: argparse.Namespace) -> int:
     emit({"metric": args.metric, **values, "features": extractor.name,
           "reference": str(args.reference), "generated": str(args.generated),
           "reference_images": len(reference), "generated_images": len(generated),
-          "reference_cached": isinstance(cache, StatsCache) and cache.hits > 0})
+          "reference_cached": isinstance(cache, StatsCache) and cache.hits > 0,
+          "warnings": [str(w.message) for w in caught]})
     return 0
 
 

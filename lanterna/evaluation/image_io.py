@@ -36,8 +36,11 @@ def list_image_files(folder: str | Path) -> list[Path]:
 def load_rgb(item: ImageLike) -> Image.Image:
     if isinstance(item, Image.Image):
         return item if item.mode == "RGB" else item.convert("RGB")
-    with Image.open(item) as image:
-        return image.convert("RGB")
+    try:
+        with Image.open(item) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for unknown or broken files
+        raise ValueError(f"cannot read {item} as an image: {e}") from None
 
 
 def pil_to_uint8(images: Sequence[Image.Image]) -> torch.Tensor:

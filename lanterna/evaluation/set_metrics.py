@@ -141,6 +141,25 @@ def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
     return nuclear_norm_of_product(f2, f1)
 
 
+class IllConditionedWarning(UserWarning):
+    """A set metric was computed from fewer images than it needs to mean much."""
+
+
+def fid_conditioning_warning(*stats: FeatureStats) -> str | None:
+    """What to tell a user whose sets are too small for a full-rank covariance, else None.
+
+    n images give a covariance of rank at most n - 1; below d + 1 of them the matrix square root
+    sees a singular matrix and FID moves a lot with the sample.
+    """
+    d = stats[0].mean.shape[0]
+    small = min(s.count for s in stats)
+    if small > d:
+        return None
+    return (f"FID is ill-conditioned here: a set of {small} images gives a covariance of rank at most "
+            f"{small - 1}, below the feature size {d}; use at least {d + 1} images per set "
+            f"(several times that for a stable value)")
+
+
 def frechet_distance(stats1: FeatureStats, stats2: FeatureStats) -> float:
     """|mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrt(S1 S2)) (Dowson and Landau 1982; FID, Heusel et al. 2017).
 

@@ -6,13 +6,17 @@ The reference side goes through the stats cache (lanterna/evaluation/extraction.
 
 from __future__ import annotations
 
+import warnings
+
 from lanterna.evaluation.extraction import DEFAULT_BATCH, StatsCache, extract_features, feature_stats
 from lanterna.evaluation.features import FeatureExtractor, get_feature_extractor
 from lanterna.evaluation.image_io import ImageSource
 from lanterna.evaluation.set_metrics import (
     FeatureStats,
+    IllConditionedWarning,
     MeanStd,
     PrecisionRecall,
+    fid_conditioning_warning,
     frechet_distance,
     inception_score,
     kernel_inception_distance,
@@ -51,6 +55,9 @@ def compute_fid(reference: ImageSource, generated: ImageSource,
     extractor = get_feature_extractor(features)
     ref = reference_stats(reference, extractor, cache, batch_size, progress)
     gen = feature_stats(generated, extractor, batch_size, progress)
+    message = fid_conditioning_warning(ref, gen)
+    if message:
+        warnings.warn(message, IllConditionedWarning, stacklevel=2)
     return frechet_distance(ref, gen)
 
 
