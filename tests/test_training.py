@@ -8,11 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from lanterna.engines import weights
 from lanterna.engines.base import GenerationRequest
 from lanterna.engines.shapes import ShapesEngine
-from lanterna.training import export, train_clip, train_diffusion, train_vae
+from lanterna.training import export, progress_eval, train_clip, train_diffusion, train_vae
 from lanterna.training.common import EMA, Recipe, Run
 
 
@@ -34,6 +35,9 @@ def test_vae_trains_resumes_and_exports(tmp_path, weights_dir):
     assert run.load()["state"]["step"] == 6
     evals = run.records("eval")
     assert [e["step"] for e in evals] == [3, 6] and all(np.isfinite(e["psnr_db"]) for e in evals)
+    sheets = sorted((tmp_path / "vae" / "samples").glob("*.png"))
+    assert [p.name for p in sheets] == ["step-0000003.png", "step-0000006.png"]
+    assert Image.open(sheets[0]).size == (8 * 64, 2 * 64)  # originals over reconstructions
     vae, run = train_vae.train(str(tmp_path / "vae"), recipe, max_steps=8, max_minutes=None, eval_every=100)
     assert run.load()["state"]["step"] == 8  # resumed at 6, ran 2 more
     assert float(vae.scaling_factor) != 1.0  # fitted to the latents
@@ -65,7 +69,7 @@ def test_contrastive_loss_shares_targets_between_equal_captions():
 
 
 @pytest.mark.parametrize("model", ["dit", "unet"])
-def test_diffusion_trains_with_ema_and_exports(tmp_path, weights_dir, model):
+def test_diffusion_trains_with_ema_and_exports(tmp_path, weights_dir, model, monkeypatch):
     test_vae_dependency = weights.has_weights("shapes-vae", weights_dir) and weights.has_weights("shapes-clip", weights_dir)
     if not test_vae_dependency:
         pytest.skip("needs the VAE and CLIP exported by the tests above")
@@ -74,6 +78,14 @@ def test_diffusion_trains_with_ema_and_exports(tmp_path, weights_dir, model):
     losses = [r["loss"] for r in run.records("train")] or [run.load()["state"]["step"]]
     assert run.load()["state"]["step"] == 3 and all(np.isfinite(losses))
     export.export_denoiser(net, run, recipe, weights_dir)
+    if model == "dit":
+        monkeypatch.setattr(progress_eval, "PROMPTS_PER_TASK", 1)
+        monkeypatch.setattr(progress_eval, "IMAGES_PER_PROMPT", 2)
+        scores = progress_eval.quick_geneval(recipe, tmp_path / "samples")(net, 3)["geneval"]
+        assert set(scores["tasks"]) >= {"single_object", "novel"} and 0 <= scores["overall"] <= 1
+        sheet = Image.open(tmp_path / "samples" / "step-0000003.png")
+        captions = json.loads((tmp_path / "samples" / "step-0000003.json").read_text())
+        assert sheet.size == (2 * 64, len(scores["tasks"]) * 64) and len(captions) == 2 * len(scores["tasks"])
     engine = ShapesEngine(f"shapes-{model}", weights_dir)
     out = engine.run(GenerationRequest(task="t2i", prompt="a red circle", seeds=[1], steps=2))
     assert out.images[0].size == (64, 64)

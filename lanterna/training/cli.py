@@ -96,7 +96,7 @@ def run_command(args: argparse.Namespace) -> int:
         from lanterna.training.progress_eval import quick_geneval
 
         model, run = train_diffusion.train(str(run_dir), recipe, max_steps, minutes,
-                                           args.eval_every, evaluate=quick_geneval(recipe))
+                                           args.eval_every, evaluate=quick_geneval(recipe, run_dir / "samples"))
         if args.export or args.export_only:
             export.export_denoiser(model, run, recipe, args.weights_dir, half=args.half)
     log.info("done: %s", asdict(recipe))

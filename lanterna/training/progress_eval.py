@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -9,12 +10,17 @@ from torch import nn
 
 from lanterna.engines.pipeline import LatentDiffusionPipeline, SamplingOptions
 from lanterna.training.common import Recipe
+from lanterna.training.samples import save_sheet
 
 PROMPTS_PER_TASK = 8
 IMAGES_PER_PROMPT = 2
+VIDEO_SHEET_FRAMES = 4  # frames shown per video in the sample sheet, evenly spaced
 
 
-def quick_geneval(recipe: Recipe) -> Callable[[nn.Module, int], dict]:
+def quick_geneval(recipe: Recipe, samples_dir: Path | None = None) -> Callable[[nn.Module, int], dict]:
+    """The evaluation; with `samples_dir`, every image it judged (a row per task; for videos,
+    a few frames of each) goes into a sample sheet there, captions beside it."""
+
     def evaluate(net: nn.Module, step: int) -> dict:
         from lanterna.engines.shapes import load_clip, load_vae
         from lanterna.engines.nets.text import ShapesTokenizer
@@ -27,13 +33,19 @@ def quick_geneval(recipe: Recipe) -> Callable[[nn.Module, int], dict]:
         options = SamplingOptions(steps=20, guidance=recipe.extra.get("guidance", 4.0),
                                   sampler="dpmpp-2m", shift=recipe.extra.get("shift", 1.0))
         size = recipe.extra.get("size", 64)
+        made: list[tuple[str, object]] = []
         try:
             if recipe.model == "video":
                 frames = recipe.extra.get("frames", 16)
 
                 def generate_video(prompts, seeds):
-                    return [pipe.text_to_video(p, [s], options, frames, size, size)[0]
-                            for p, s in zip(prompts, seeds)]
+                    videos = [pipe.text_to_video(p, [s], options, frames, size, size)[0]
+                              for p, s in zip(prompts, seeds)]
+                    every = max(1, len(videos[0]) // VIDEO_SHEET_FRAMES) if videos else 1
+                    for p, video in zip(prompts, videos):
+                        shown = video[::every][:VIDEO_SHEET_FRAMES]
+                        made.extend((f"{p} (frame {i * every})", frame) for i, frame in enumerate(shown))
+                    return videos
 
                 scores = geneval.run_videoeval(generate_video, prompts_per_task=PROMPTS_PER_TASK,
                                                images_per_prompt=IMAGES_PER_PROMPT)
@@ -41,13 +53,19 @@ def quick_geneval(recipe: Recipe) -> Callable[[nn.Module, int], dict]:
                 def generate(prompts, seeds):
                     from lanterna.bench_cli import runs_of_same_prompt
 
-                    return [image for p, run_seeds in runs_of_same_prompt(prompts, seeds)
-                            for image in pipe.text_to_image(p, run_seeds, options, size, size)]
+                    images = [(p, image) for p, run_seeds in runs_of_same_prompt(prompts, seeds)
+                              for image in pipe.text_to_image(p, run_seeds, options, size, size)]
+                    made.extend(images)
+                    return [image for _, image in images]
 
                 scores = geneval.run_geneval(generate, prompts_per_task=PROMPTS_PER_TASK,
                                              images_per_prompt=IMAGES_PER_PROMPT)
         finally:
             net.train(was_training)
+        if samples_dir is not None and made:
+            columns = PROMPTS_PER_TASK * IMAGES_PER_PROMPT * (VIDEO_SHEET_FRAMES if recipe.model == "video" else 1)
+            save_sheet(samples_dir, step, [image for _, image in made], min(columns, 32),
+                       [caption for caption, _ in made])
         return {"geneval": {k: v for k, v in scores.items() if k != "details"}}
 
     return evaluate

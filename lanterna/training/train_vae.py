@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from PIL import Image
 import torch
 import torch.nn.functional as F
 
 from lanterna.engines.nets.vae import VAE_SIZES, AutoencoderKL, VAEConfig
 from lanterna.training import data
+from lanterna.training.samples import save_sheet
 from lanterna.training.common import Recipe, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
 
 log = logging.getLogger("lanterna.training.vae")
@@ -41,6 +43,15 @@ def held_out_psnr(vae: AutoencoderKL, n: int | None = None) -> float:
 
 
 @torch.no_grad()
+def save_reconstructions(vae: AutoencoderKL, directory, step: int, n: int = 8) -> None:
+    """Held-out renders in the top row, their reconstructions below."""
+    vae.eval()
+    x, _ = data.image_batch(np.random.default_rng(EVAL_SEED), n)
+    recon = vae.decode(vae.encode(x).mode())
+    save_sheet(directory, step, [Image.fromarray(a) for a in data.from_pixels(torch.cat([x, recon]))], columns=n)
+
+
+@torch.no_grad()
 def fit_scaling_factor(vae: AutoencoderKL, n: int | None = None) -> float:
     """1 / std of the latents, so diffusion sees unit-variance inputs (Rombach et al. 2022)."""
     x, _ = data.image_batch(np.random.default_rng(EVAL_SEED + 1), n or 2 * EVAL_IMAGES)
@@ -64,6 +75,7 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
         return {k: float(v.detach()) for k, v in losses.items()} | {"grad_norm": grad}
 
     def evaluate(step: int) -> dict:
+        save_reconstructions(vae, run.dir / "samples", step)
         return {"psnr_db": round(held_out_psnr(vae), 3)}
 
     run_loop(run, trainable, recipe, np_rng, step_fn, evaluate, max_steps, max_minutes, eval_every)
