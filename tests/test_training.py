@@ -40,6 +40,9 @@ def test_vae_trains_resumes_and_exports(tmp_path, weights_dir):
     assert Image.open(sheets[0]).size == (8 * 64, 2 * 64)  # originals over reconstructions
     vae, run = train_vae.train(str(tmp_path / "vae"), recipe, max_steps=8, max_minutes=None, eval_every=100)
     assert run.load()["state"]["step"] == 8  # resumed at 6, ran 2 more
+    assert [e["step"] for e in run.records("eval")] == [3, 6, 8]
+    vae, run = train_vae.train(str(tmp_path / "vae"), recipe, max_steps=0, max_minutes=None, eval_every=100)
+    assert [e["step"] for e in run.records("eval")] == [3, 6, 8]  # exporting only adds no point
     assert float(vae.scaling_factor) != 1.0  # fitted to the latents
     export.export_vae(vae, run, recipe, weights_dir)
     card = weights.read_card("shapes-vae", weights_dir)

@@ -271,6 +271,8 @@ def run_loop(
             checkpoint(done)
             last_checkpoint = time.monotonic()
     checkpoint(done)
-    if evaluate is not None and done % eval_every != 0 and done > 0:
+    # At the end, unless this step has its point already (as when the call only exports).
+    evaluated = {r["step"] for r in run.records("eval")}
+    if evaluate is not None and done > 0 and done not in evaluated:
         run.log({"kind": "eval", "step": done, "seconds": round(clock.seconds, 1), **evaluate(done)})
     return state

@@ -21,7 +21,11 @@ DATA_NOTE = ("Shapes World v1 renders (64x64, anti-aliased and not), rendered fr
 
 
 def learning_curve(run: Run) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k != "kind"} for r in run.records("eval")]
+    """One point per evaluated step (the first, if a step was evaluated twice)."""
+    points: dict[int, dict[str, Any]] = {}
+    for record in run.records("eval"):
+        points.setdefault(record["step"], {k: v for k, v in record.items() if k != "kind"})
+    return list(points.values())
 
 
 def base_card(name: str, net: str, module: nn.Module, run: Run, recipe: Recipe) -> dict[str, Any]:
