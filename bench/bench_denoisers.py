@@ -214,7 +214,7 @@ def main() -> None:
     threads = args.threads or onnx_backend.physical_cores()
     torch.set_num_threads(threads)
     machine = machine_note()
-    peak = measure_peak(runs=5)
+    peak = measure_peak(runs=5, dtypes=("fp32",))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds:
