@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -146,13 +145,12 @@ def run_set_metric(args: argparse.Namespace) -> int:
     extractor = extractor_from_args(args)
     cache: StatsCache | bool = False if args.no_cache else StatsCache(args.cache_dir)
     common = dict(cache=cache, batch_size=args.batch_size, progress=True)
-    caught: list[warnings.WarningMessage] = []
+    messages: list[str] = []
     if args.metric == "fid":
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", sets.IllConditionedWarning)
+        with sets.ill_conditioned_messages() as messages:
             values = {"fid": sets.compute_fid(reference, generated, extractor, **common)}
-        for w in caught:
-            log.warning("%s", w.message)
+        for message in messages:
+            log.warning("%s", message)
     elif args.metric == "kid":
         kid = sets.compute_kid(reference, generated, extractor, subsets=args.subsets,
                                subset_size=args.subset_size, seed=args.seed, **common)
@@ -165,7 +163,7 @@ def run_set_metric(args: argparse.Namespace) -> int:
           "reference": str(args.reference), "generated": str(args.generated),
           "reference_images": len(reference), "generated_images": len(generated),
           "reference_cached": isinstance(cache, StatsCache) and cache.hits > 0,
-          "warnings": [str(w.message) for w in caught]})
+          "warnings": messages})
     return 0
 
 

@@ -6,7 +6,9 @@ The reference side goes through the stats cache (lanterna/evaluation/extraction.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 from lanterna.evaluation.extraction import DEFAULT_BATCH, StatsCache, extract_features, feature_stats
 from lanterna.evaluation.features import FeatureExtractor, get_feature_extractor
@@ -46,6 +48,16 @@ def reference_features(reference: ImageSource, extractor: FeatureExtractor, cach
     if store is None:
         return extract_features(reference, extractor, batch_size, progress)
     return store.features(reference, extractor, batch_size, progress)
+
+
+@contextlib.contextmanager
+def ill_conditioned_messages() -> Iterator[list[str]]:
+    """Collects the IllConditionedWarning messages raised inside, for a report to carry."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", IllConditionedWarning)
+        messages: list[str] = []
+        yield messages
+    messages += [str(w.message) for w in caught if issubclass(w.category, IllConditionedWarning)]
 
 
 def compute_fid(reference: ImageSource, generated: ImageSource,

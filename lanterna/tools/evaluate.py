@@ -4,7 +4,6 @@ of images with a reference set (FID, KID, precision/recall)."""
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Literal
 
 import anyio.to_thread
@@ -246,10 +245,9 @@ def set_metrics(args: EvaluateArgs, rt: Runtime, generated: list[Image.Image], w
     out = SetMetrics(features=features, generated_count=len(generated), reference_count=len(reference))
     with rt.scorer_lock:
         if "fid" in wanted:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", sets.IllConditionedWarning)
+            with sets.ill_conditioned_messages() as messages:
                 out.fid = finite_or_none(sets.compute_fid(reference, generated, features=extractor, cache=False))
-            report.warnings += [str(w.message) for w in caught if issubclass(w.category, sets.IllConditionedWarning)]
+            report.warnings += messages
         if "kid" in wanted:
             kid = sets.compute_kid(reference, generated, features=extractor, cache=False)
             out.kid, out.kid_std = finite_or_none(kid.mean), finite_or_none(kid.std)
