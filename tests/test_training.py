@@ -14,7 +14,7 @@ from lanterna.engines import weights
 from lanterna.engines.base import GenerationRequest
 from lanterna.engines.shapes import ShapesEngine
 from lanterna.training import export, progress_eval, train_clip, train_diffusion, train_vae
-from lanterna.training.common import EMA, Recipe, Run
+from lanterna.training.common import EMA, Recipe, Run, scheduled_lr
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,24 @@ def test_diffusion_trains_with_ema_and_exports(tmp_path, weights_dir, model, mon
     engine = ShapesEngine(f"shapes-{model}", weights_dir)
     out = engine.run(GenerationRequest(task="t2i", prompt="a red circle", seeds=[1], steps=2))
     assert out.images[0].size == (64, 64)
+
+
+def test_lr_warms_up_holds_then_cools_down_to_zero():
+    recipe = Recipe(model="dit", lr=1e-3, warmup=10, cooldown=20, total_steps=100)
+    assert scheduled_lr(0, recipe) == pytest.approx(1e-4)
+    assert scheduled_lr(50, recipe) == pytest.approx(1e-3)
+    assert scheduled_lr(80, recipe) == pytest.approx(1e-3)
+    assert scheduled_lr(90, recipe) == pytest.approx(5e-4)
+    assert scheduled_lr(100, recipe) == 0.0
+    assert scheduled_lr(90, Recipe(model="dit", lr=1e-3, warmup=10)) == pytest.approx(1e-3)
+
+
+def test_cooldown_without_a_last_step_is_refused(tmp_path, capsys):
+    from lanterna.cli import main
+
+    code = main(["train", "vae", "--run-dir", str(tmp_path / "vae"), "--cooldown", "100"])
+    assert code == 2
+    assert "--cooldown needs --steps" in capsys.readouterr().err
 
 
 def test_ema_tracks_the_model():

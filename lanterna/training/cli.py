@@ -35,6 +35,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bf16", action="store_true",
                    help="train under bf16 autocast (fast only on CPUs with native bf16, e.g. AVX512-BF16 "
                         "or AMX; emulated bf16 on AVX2 ran a DiT step 10x slower than fp32)")
+    p.add_argument("--cooldown", type=int, default=0, metavar="N",
+                   help="decay the lr linearly to 0 over the last N steps before --steps "
+                        "(also on a resumed run)")
     p.add_argument("--eval-every", type=int, default=2000)
     p.add_argument("--threads", type=int)
     p.add_argument("--extra", default="{}", help="JSON of model-specific options "
@@ -74,7 +77,12 @@ def run_command(args: argparse.Namespace) -> int:
         if (saved.size, saved.model) != (recipe.size, recipe.model):
             print(f"error: {run_dir} holds a {saved.model}/{saved.size} run", file=sys.stderr)
             return 2
-        recipe = saved  # a resumed run keeps its recipe
+        recipe = saved  # a resumed run keeps its recipe, all but the schedule's end
+    if args.cooldown:
+        if args.steps is None:
+            print("error: --cooldown needs --steps (the step the lr reaches 0)", file=sys.stderr)
+            return 2
+        recipe.cooldown, recipe.total_steps = args.cooldown, args.steps
     max_steps = 0 if args.export_only else args.steps
     minutes = None if args.export_only else args.minutes
     from lanterna.training import export

@@ -39,6 +39,10 @@ class Recipe:
     seed: int = 0
     bf16: bool = False
     grad_clip: float = 1.0
+    # Linear decay of the lr to 0 over the last `cooldown` steps before step `total_steps`
+    # (warmup-stable-decay); 0 keeps the lr constant after warm-up.
+    cooldown: int = 0
+    total_steps: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,6 +65,14 @@ class EMA:
 
 def warmup_lr(step: int, base_lr: float, warmup: int) -> float:
     return base_lr * min(1.0, (step + 1) / max(1, warmup))
+
+
+def scheduled_lr(step: int, recipe: Recipe) -> float:
+    """Warm-up, then constant, then (with a cooldown) linear decay reaching 0 at total_steps."""
+    lr = warmup_lr(step, recipe.lr, recipe.warmup)
+    if recipe.cooldown > 0 and recipe.total_steps is not None:
+        lr *= min(1.0, max(0.0, (recipe.total_steps - step) / recipe.cooldown))
+    return lr
 
 
 def autocast(enabled: bool) -> contextlib.AbstractContextManager:
@@ -190,7 +202,7 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 def optimizer_step(trainable: Trainable, loss: torch.Tensor, recipe: Recipe, step: int) -> float:
     for group in trainable.optimizer.param_groups:
-        group["lr"] = warmup_lr(step, recipe.lr, recipe.warmup)
+        group["lr"] = scheduled_lr(step, recipe)
     trainable.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable.model.parameters(), recipe.grad_clip)
