@@ -32,3 +32,13 @@ def test_bundled_image_model_generates(name):
     result = engine.run(GenerationRequest(task="t2i", prompt="a red circle", seeds=[0], steps=4))
     assert result.images[0].size == (engine.defaults.width, engine.defaults.height)
     assert result.images[0].getextrema() != ((0, 0), (0, 0), (0, 0))
+
+
+@pytest.mark.parametrize("name", [n for n in BUNDLED if n in VIDEO_MODELS])
+def test_bundled_video_model_generates(name):
+    engine = default_registry(weights.BUNDLED_DIR).get(name)
+    result = engine.run(GenerationRequest(task="t2v", prompt="a red circle moving right", seeds=[0], steps=4))
+    frames = result.videos[0]
+    assert len(frames) == engine.defaults.frames
+    assert frames[0].size == (engine.defaults.width, engine.defaults.height)
+    assert len({frame.tobytes() for frame in frames}) > 1  # a video, not one picture repeated

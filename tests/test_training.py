@@ -94,6 +94,20 @@ def test_diffusion_trains_with_ema_and_exports(tmp_path, weights_dir, model, mon
     assert out.images[0].size == (64, 64)
 
 
+def test_video_trains_on_a_small_canvas_and_its_card_says_so(tmp_path, weights_dir):
+    recipe = Recipe(model="video", size="tiny", batch=2, lr=1e-3, warmup=1, bf16=False, ema=0.9,
+                    extra={"frames": 4, "size": 32})
+    net, run = train_diffusion.train(str(tmp_path / "video"), recipe, max_steps=2, max_minutes=None, eval_every=100)
+    assert run.load()["state"]["step"] == 2
+    export.export_denoiser(net, run, recipe, weights_dir)
+    card = weights.read_card("shapes-video", weights_dir)
+    assert card["max_frames"] == 4 and card["defaults"]["width"] == 32
+    assert "4 frames of 32x32" in card["note"]
+    out = ShapesEngine("shapes-video", weights_dir).run(
+        GenerationRequest(task="t2v", prompt="a red circle moving left", seeds=[0], steps=2))
+    assert len(out.videos[0]) == 4 and out.videos[0][0].size == (32, 32)
+
+
 def test_lr_warms_up_holds_then_cools_down_to_zero():
     recipe = Recipe(model="dit", lr=1e-3, warmup=10, cooldown=20, total_steps=100)
     assert scheduled_lr(0, recipe) == pytest.approx(1e-4)

@@ -82,4 +82,7 @@ def export_denoiser(net: nn.Module, run: Run, recipe: Recipe, directory: Path | 
     })
     if video:
         card["max_frames"] = recipe.extra.get("frames", 16)
+        if (card["max_frames"], size) != (16, 64):
+            card["note"] = (f"Trained and evaluated at {card['max_frames']} frames of {size}x{size}, "
+                            "smaller than the Shapes World's 16 frames of 64x64, to fit CPU training.")
     write(name, net, card, directory, half)
