@@ -5,9 +5,9 @@ same weights rounded through fp16 (the loader computes in fp32 either way, so ro
 only difference):
 - shapes-vae: reconstruction PSNR on the held-out renders;
 - shapes-clip: zero-shot retrieval accuracy on the held-out renders;
-- denoisers: images for the first prompts of every ShapesGenEval task at fixed seeds (20 steps
-  DPM-Solver++, the card's guidance): the largest per-pixel difference and whether the judge's
-  verdicts change.
+- denoisers: images (videos, for a video model: every frame) for the first prompts of every
+  ShapesGenEval task at fixed seeds (20 steps DPM-Solver++, the card's guidance): the largest
+  per-pixel difference and whether the judge's verdicts change.
 Prints one JSON line per model; --record also writes it to the model card as "fp16_check".
 
     python bench/bench_half.py [--weights-dir DIR] [--models NAME ...] [--prompts-per-task N] [--record]
@@ -32,8 +32,10 @@ from lanterna.engines.pipeline import LatentDiffusionPipeline, SamplingOptions  
 from lanterna.engines.shapes import load_clip, load_denoiser, load_vae  # noqa: E402
 from lanterna.evaluation import geneval  # noqa: E402
 from lanterna.training import train_clip, train_vae  # noqa: E402
+from lanterna.world.judge import judge  # noqa: E402
 
 IMAGE_DENOISERS = ("shapes-dit", "shapes-unet")
+VIDEO_DENOISERS = ("shapes-video",)
 
 
 @torch.no_grad()
@@ -70,8 +72,15 @@ def sample(name: str, directory: Path | None, half: bool, prompts_per_task: int)
                                    shift=card.get("shift", 1.0))
     options = SamplingOptions(steps=20, guidance=card["defaults"]["guidance"], sampler="dpmpp-2m",
                               shift=card.get("shift", 1.0))
+    size = card["defaults"]["width"]
+    if "max_frames" in card:
+        pairs = geneval.jobs(list(geneval.VIDEO_TASKS), prompts_per_task, 1)
+        videos = [pipe.text_to_video(p.text, [seed], options, card["max_frames"], size, size)[0]
+                  for p, seed in pairs]
+        frames = [np.stack([geneval.as_uint8(f) for f in video]) for video in videos]
+        return frames, [judge(list(video), p.requirements) for video, (p, _) in zip(frames, pairs)]
     pairs = geneval.jobs(list(geneval.TASKS), prompts_per_task, 1)
-    images = [pipe.text_to_image(p.text, [seed], options, 64, 64)[0] for p, seed in pairs]
+    images = [pipe.text_to_image(p.text, [seed], options, size, size)[0] for p, seed in pairs]
     return images, geneval.judge_images(images, [p.requirements for p, _ in pairs])
 
 
@@ -81,7 +90,8 @@ def check_denoiser(name: str, directory: Path | None, prompts_per_task: int) -> 
     diffs = [int(np.abs(geneval.as_uint8(a).astype(int) - geneval.as_uint8(b).astype(int)).max())
              for a, b in zip(full_images, half_images)]
     changed = sum(a.passed != b.passed for a, b in zip(full_verdicts, half_verdicts))
-    return {"metric": "images passing the judge", "images": len(diffs),
+    unit = "videos" if "max_frames" in weights.read_card(name, directory) else "images"
+    return {"metric": f"{unit} passing the judge", unit: len(diffs),
             "fp32": sum(v.passed for v in full_verdicts), "fp16": sum(v.passed for v in half_verdicts),
             "verdicts_changed": changed, "max_pixel_difference_of_255": max(diffs),
             "median_max_pixel_difference_of_255": float(np.median(diffs))}
@@ -90,7 +100,7 @@ def check_denoiser(name: str, directory: Path | None, prompts_per_task: int) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights-dir", type=Path)
-    parser.add_argument("--models", nargs="+", default=["shapes-vae", "shapes-clip", *IMAGE_DENOISERS])
+    parser.add_argument("--models", nargs="+", default=["shapes-vae", "shapes-clip", *IMAGE_DENOISERS, *VIDEO_DENOISERS])
     parser.add_argument("--prompts-per-task", type=int, default=5)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--record", action="store_true", help="write each result into its model card")
