@@ -71,11 +71,23 @@ def test_contrastive_loss_shares_targets_between_equal_captions():
     assert torch.isfinite(loss)
 
 
+@pytest.fixture
+def components(weights_dir, tmp_path):
+    """The weights folder with a tiny VAE and CLIP in it (the tests above leave them; alone, train them)."""
+    if not weights.has_weights("shapes-vae", weights_dir):
+        recipe = Recipe(model="vae", size="tiny", batch=4, lr=1e-3, warmup=1, bf16=False)
+        vae, run = train_vae.train(str(tmp_path / "vae"), recipe, max_steps=1, max_minutes=None, eval_every=1)
+        export.export_vae(vae, run, recipe, weights_dir)
+    if not weights.has_weights("shapes-clip", weights_dir):
+        recipe = Recipe(model="clip", size="tiny", batch=4, lr=1e-3, warmup=1, bf16=False)
+        clip, run = train_clip.train(str(tmp_path / "clip"), recipe, max_steps=1, max_minutes=None, eval_every=1)
+        export.export_clip(clip, run, recipe, weights_dir)
+    return weights_dir
+
+
 @pytest.mark.parametrize("model", ["dit", "unet"])
-def test_diffusion_trains_with_ema_and_exports(tmp_path, weights_dir, model, monkeypatch):
-    test_vae_dependency = weights.has_weights("shapes-vae", weights_dir) and weights.has_weights("shapes-clip", weights_dir)
-    if not test_vae_dependency:
-        pytest.skip("needs the VAE and CLIP exported by the tests above")
+def test_diffusion_trains_with_ema_and_exports(tmp_path, components, model, monkeypatch):
+    weights_dir = components
     recipe = Recipe(model=model, size="tiny", batch=4, lr=1e-3, warmup=1, bf16=False, ema=0.9)
     net, run = train_diffusion.train(str(tmp_path / model), recipe, max_steps=3, max_minutes=None, eval_every=100)
     losses = [r["loss"] for r in run.records("train")] or [run.load()["state"]["step"]]
@@ -94,7 +106,8 @@ def test_diffusion_trains_with_ema_and_exports(tmp_path, weights_dir, model, mon
     assert out.images[0].size == (64, 64)
 
 
-def test_video_trains_on_a_small_canvas_and_its_card_says_so(tmp_path, weights_dir):
+def test_video_trains_on_a_small_canvas_and_its_card_says_so(tmp_path, components):
+    weights_dir = components
     recipe = Recipe(model="video", size="tiny", batch=2, lr=1e-3, warmup=1, bf16=False, ema=0.9,
                     extra={"frames": 4, "size": 32})
     net, run = train_diffusion.train(str(tmp_path / "video"), recipe, max_steps=2, max_minutes=None, eval_every=100)
@@ -102,7 +115,7 @@ def test_video_trains_on_a_small_canvas_and_its_card_says_so(tmp_path, weights_d
     export.export_denoiser(net, run, recipe, weights_dir)
     card = weights.read_card("shapes-video", weights_dir)
     assert card["max_frames"] == 4 and card["defaults"]["width"] == 32
-    assert "4 frames of 32x32" in card["note"]
+    assert "4 frames of 32x32" in card["note"] and "4 frames of 32x32" in card["data"]
     out = ShapesEngine("shapes-video", weights_dir).run(
         GenerationRequest(task="t2v", prompt="a red circle moving left", seeds=[0], steps=2))
     assert len(out.videos[0]) == 4 and out.videos[0][0].size == (32, 32)

@@ -18,6 +18,9 @@ log = logging.getLogger("lanterna.training.export")
 
 DATA_NOTE = ("Shapes World v1 renders (64x64, anti-aliased and not), rendered fresh for every "
              "batch; the held-out compositions purple triangle and orange cross never appear.")
+VIDEO_DATA_NOTE = ("Shapes World v1 motion videos ({frames} frames of {size}x{size}, anti-aliased and not), "
+                   "rendered fresh for every batch; the held-out compositions purple triangle and "
+                   "orange cross never appear.")
 
 
 def learning_curve(run: Run) -> list[dict[str, Any]]:
@@ -82,6 +85,7 @@ def export_denoiser(net: nn.Module, run: Run, recipe: Recipe, directory: Path | 
     })
     if video:
         card["max_frames"] = recipe.extra.get("frames", 16)
+        card["data"] = VIDEO_DATA_NOTE.format(frames=card["max_frames"], size=size)
         if (card["max_frames"], size) != (16, 64):
             card["note"] = (f"Trained and evaluated at {card['max_frames']} frames of {size}x{size}, "
                             "smaller than the Shapes World's 16 frames of 64x64, to fit CPU training.")
