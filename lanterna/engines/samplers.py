@@ -153,7 +153,9 @@ def sample_heun(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                 callback: SamplerCallback | None = None, cancelled: Callable[[], bool] | None = None,
                 noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
     """EDM's deterministic sampler (Karras et al. 2022, Alg. 1 without churn): Heun's 2nd-order
-    method, and a plain Euler step for the last step, where the slope at sigma 0 is undefined."""
+    method, and a plain Euler step for the last step, where the slope at sigma 0 is undefined.
+    The same formulas integrate a rectified flow when `sigmas` are flow times and `denoise`
+    returns x0_hat at time t: (x - x0_hat) / t is then the velocity."""
     sigmas = checked_sigmas(x, sigmas)
     total = len(sigmas) - 1
     for i in range(total):
@@ -299,7 +301,10 @@ SAMPLERS: dict[str, SamplerSpec] = {
         SamplerSpec("ddim", sample_ddim, "model", False, 1, "DDIM, deterministic at eta 0"),
         SamplerSpec("euler", sample_euler, "model", False, 1, "Euler on the probability-flow ODE"),
         SamplerSpec("euler-a", sample_euler_ancestral, "model", True, 1, "Euler ancestral"),
-        SamplerSpec("heun", sample_heun, "model", False, 2, "EDM Heun, 2nd order"),
+        # In flow time, as diffusers' FlowMatchHeunDiscreteScheduler: on the VE side t = 1 is
+        # sigma = inf, and a trapezoid across the stand-in first step amplifies the denoiser's
+        # error by about sigma_max / (2 sigma_next), drawing noise at 4-8 steps.
+        SamplerSpec("heun", sample_heun, "flow", False, 2, "Heun, 2nd order (EDM's, on flow time)"),
         SamplerSpec("dpmpp-2m", sample_dpmpp_2m, "model", False, 1, "DPM-Solver++(2M)"),
         SamplerSpec("dpmpp-2m-karras", sample_dpmpp_2m, "karras", False, 1,
                     "DPM-Solver++(2M) on Karras sigmas"),
