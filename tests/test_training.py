@@ -131,6 +131,19 @@ def test_lr_warms_up_holds_then_cools_down_to_zero():
     assert scheduled_lr(90, Recipe(model="dit", lr=1e-3, warmup=10)) == pytest.approx(1e-3)
 
 
+def test_a_resume_without_cooldown_trains_at_the_full_lr(tmp_path, monkeypatch):
+    from lanterna.cli import main
+
+    seen = []
+    monkeypatch.setattr(train_vae, "train", lambda run_dir, recipe, *a, **k: seen.append(recipe) or (None, None))
+    run_dir = tmp_path / "vae"
+    Run(str(run_dir)).save({"trainable": {}, "state": {}, "recipe": {
+        "model": "vae", "size": "default", "lr": 1e-3, "cooldown": 100, "total_steps": 500}})
+    assert main(["train", "vae", "--run-dir", str(run_dir), "--steps", "900"]) == 0
+    assert seen[-1].cooldown == 0 and seen[-1].total_steps is None
+    assert scheduled_lr(800, seen[-1]) == pytest.approx(1e-3)
+
+
 def test_cooldown_without_a_last_step_is_refused(tmp_path, capsys):
     from lanterna.cli import main
 

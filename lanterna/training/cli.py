@@ -78,11 +78,12 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"error: {run_dir} holds a {saved.model}/{saved.size} run", file=sys.stderr)
             return 2
         recipe = saved  # a resumed run keeps its recipe, all but the schedule's end
-    if args.cooldown:
-        if args.steps is None:
-            print("error: --cooldown needs --steps (the step the lr reaches 0)", file=sys.stderr)
-            return 2
-        recipe.cooldown, recipe.total_steps = args.cooldown, args.steps
+    if args.cooldown and args.steps is None:
+        print("error: --cooldown needs --steps (the step the lr reaches 0)", file=sys.stderr)
+        return 2
+    # A cooldown belongs to this invocation: a later resume without one trains at the full lr,
+    # not at the 0 an earlier cooldown ended on.
+    recipe.cooldown, recipe.total_steps = (args.cooldown, args.steps) if args.cooldown else (0, None)
     max_steps = 0 if args.export_only else args.steps
     minutes = None if args.export_only else args.minutes
     from lanterna.training import export
