@@ -62,8 +62,7 @@ def check_clip(directory: Path | None) -> dict:
             "fp16": round(half["mean"], 4), "per_task_equal": full == half}
 
 
-def sample(name: str, directory: Path | None, half: bool, prompts_per_task: int) -> tuple[list, list]:
-    card = weights.read_card(name, directory)
+def sample(name: str, card: dict, directory: Path | None, half: bool, prompts_per_task: int) -> tuple[list, list]:
     net = load_denoiser(name, directory)
     if half:
         rounded_through_fp16(net)
@@ -72,25 +71,26 @@ def sample(name: str, directory: Path | None, half: bool, prompts_per_task: int)
                                    shift=card.get("shift", 1.0))
     options = SamplingOptions(steps=20, guidance=card["defaults"]["guidance"], sampler="dpmpp-2m",
                               shift=card.get("shift", 1.0))
-    size = card["defaults"]["width"]
+    width, height = card["defaults"]["width"], card["defaults"]["height"]
     if "max_frames" in card:
         pairs = geneval.jobs(list(geneval.VIDEO_TASKS), prompts_per_task, 1)
-        videos = [pipe.text_to_video(p.text, [seed], options, card["max_frames"], size, size)[0]
+        videos = [pipe.text_to_video(p.text, [seed], options, card["max_frames"], height, width)[0]
                   for p, seed in pairs]
         frames = [np.stack([geneval.as_uint8(f) for f in video]) for video in videos]
         return frames, [judge(list(video), p.requirements) for video, (p, _) in zip(frames, pairs)]
     pairs = geneval.jobs(list(geneval.TASKS), prompts_per_task, 1)
-    images = [pipe.text_to_image(p.text, [seed], options, size, size)[0] for p, seed in pairs]
+    images = [pipe.text_to_image(p.text, [seed], options, height, width)[0] for p, seed in pairs]
     return images, geneval.judge_images(images, [p.requirements for p, _ in pairs])
 
 
 def check_denoiser(name: str, directory: Path | None, prompts_per_task: int) -> dict:
-    full_images, full_verdicts = sample(name, directory, False, prompts_per_task)
-    half_images, half_verdicts = sample(name, directory, True, prompts_per_task)
+    card = weights.read_card(name, directory)
+    full_images, full_verdicts = sample(name, card, directory, False, prompts_per_task)
+    half_images, half_verdicts = sample(name, card, directory, True, prompts_per_task)
     diffs = [int(np.abs(geneval.as_uint8(a).astype(int) - geneval.as_uint8(b).astype(int)).max())
              for a, b in zip(full_images, half_images)]
     changed = sum(a.passed != b.passed for a, b in zip(full_verdicts, half_verdicts))
-    unit = "videos" if "max_frames" in weights.read_card(name, directory) else "images"
+    unit = "videos" if "max_frames" in card else "images"
     return {"metric": f"{unit} passing the judge", unit: len(diffs),
             "fp32": sum(v.passed for v in full_verdicts), "fp16": sum(v.passed for v in half_verdicts),
             "verdicts_changed": changed, "max_pixel_difference_of_255": max(diffs),

@@ -16,11 +16,10 @@ from lanterna.training.common import Recipe, Run
 
 log = logging.getLogger("lanterna.training.export")
 
-DATA_NOTE = ("Shapes World v1 renders (64x64, anti-aliased and not), rendered fresh for every "
-             "batch; the held-out compositions purple triangle and orange cross never appear.")
-VIDEO_DATA_NOTE = ("Shapes World v1 motion videos ({frames} frames of {size}x{size}, anti-aliased and not), "
-                   "rendered fresh for every batch; the held-out compositions purple triangle and "
-                   "orange cross never appear.")
+FRESH_DATA = ("rendered fresh for every batch; the held-out compositions purple triangle and orange "
+              "cross never appear.")
+DATA_NOTE = f"Shapes World v1 renders (64x64, anti-aliased and not), {FRESH_DATA}"
+VIDEO_DATA_NOTE = "Shapes World v1 motion videos ({frames} frames of {size}x{size}, anti-aliased and not), " + FRESH_DATA
 
 
 def learning_curve(run: Run) -> list[dict[str, Any]]:
