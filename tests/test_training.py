@@ -178,3 +178,24 @@ def test_continue_from_exported_weights(tmp_path, weights_dir):
     vae2, run2 = train_vae.train(str(tmp_path / "b"), again, max_steps=3, max_minutes=None, eval_every=100)
     assert run2.load()["state"]["step"] == 3  # continued at 2, ran one more
     assert [e["step"] for e in run2.records("eval")][:1] == [2]  # the curve carried over
+    assert run2.load()["recipe"]["warmup_start"] == 2
+
+
+def test_a_fresh_optimiser_on_continued_weights_warms_up_again():
+    recipe = Recipe(model="dit", lr=1e-3, warmup=10, warmup_start=5000)
+    assert scheduled_lr(5000, recipe) == pytest.approx(1e-4)
+    assert scheduled_lr(5020, recipe) == pytest.approx(1e-3)
+
+
+def test_diffusion_targets_are_posterior_means_or_draws(components):
+    from lanterna.engines.shapes import load_vae
+
+    vae = load_vae(directory=components)
+    pixels, _ = train_diffusion.data.image_batch(np.random.default_rng(0), 2)
+    mean = train_diffusion.encode_images(vae, pixels, "mean")
+    assert torch.equal(mean, train_diffusion.encode_images(vae, pixels, "mean"))
+    assert not torch.equal(mean, train_diffusion.encode_images(vae, pixels, "sample"))
+    assert train_diffusion.latent_targets(Recipe(model="dit")) == "sample"  # runs recorded before the choice
+    assert train_diffusion.latent_targets(Recipe(model="dit", extra={"latents": "mean"})) == "mean"
+    with pytest.raises(ValueError, match="latents"):
+        train_diffusion.latent_targets(Recipe(model="dit", extra={"latents": "mode"}))

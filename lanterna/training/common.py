@@ -43,6 +43,9 @@ class Recipe:
     # (warmup-stable-decay); 0 keeps the lr constant after warm-up.
     cooldown: int = 0
     total_steps: int | None = None
+    # The step the optimiser started at: a run continued from exported weights starts a fresh
+    # Adam at the card's step count, and fresh moments want the warm-up again.
+    warmup_start: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -69,7 +72,7 @@ def warmup_lr(step: int, base_lr: float, warmup: int) -> float:
 
 def scheduled_lr(step: int, recipe: Recipe) -> float:
     """Warm-up, then constant, then (with a cooldown) linear decay reaching 0 at total_steps."""
-    lr = warmup_lr(step, recipe.lr, recipe.warmup)
+    lr = warmup_lr(step - recipe.warmup_start, recipe.lr, recipe.warmup)
     if recipe.cooldown > 0 and recipe.total_steps is not None:
         lr *= min(1.0, max(0.0, (recipe.total_steps - step) / recipe.cooldown))
     return lr
@@ -258,6 +261,7 @@ def run_loop(
         log.info("resumed %s at step %d (%.0f s trained)", run.dir, state.step, state.seconds)
     elif recipe.extra.get("init_from"):
         state = continue_from_weights(run, trainable, recipe.extra["init_from"])
+        recipe.warmup_start = state.step
     clock = Clock(state.seconds)
     last_checkpoint = time.monotonic()
     window: dict[str, list[float]] = {}
