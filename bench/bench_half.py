@@ -27,7 +27,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lanterna.engines import weights  # noqa: E402
-from lanterna.engines.nets.text import ShapesTokenizer  # noqa: E402
+from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner  # noqa: E402
 from lanterna.engines.pipeline import LatentDiffusionPipeline, SamplingOptions  # noqa: E402
 from lanterna.engines.shapes import load_clip, load_denoiser, load_vae  # noqa: E402
 from lanterna.evaluation import geneval  # noqa: E402
@@ -66,8 +66,8 @@ def sample(name: str, card: dict, directory: Path | None, half: bool, prompts_pe
     net = load_denoiser(name, directory)
     if half:
         rounded_through_fp16(net)
-    pipe = LatentDiffusionPipeline(net, load_vae(directory=directory), load_clip(directory=directory),
-                                   ShapesTokenizer(), prediction=card.get("prediction", "v"),
+    text = text_conditioner(load_clip(directory=directory), card.get("text_context", "states"))
+    pipe = LatentDiffusionPipeline(net, load_vae(directory=directory), text, ShapesTokenizer(), prediction=card.get("prediction", "v"),
                                    shift=card.get("shift", 1.0))
     options = SamplingOptions(steps=20, guidance=card["defaults"]["guidance"], sampler="dpmpp-2m",
                               shift=card.get("shift", 1.0))

@@ -438,7 +438,7 @@ def graph_specs(engine: ShapesEngine) -> dict[str, GraphSpec]:
     latent = p.latent_shape(engine.defaults.height, engine.defaults.width, frames)
     max_frames = engine.max_frames if engine.is_video else None
     return {
-        "denoiser": denoiser_spec(p.denoiser, latent, p.max_tokens, p.clip.config.text_width, max_frames),
+        "denoiser": denoiser_spec(p.denoiser, latent, p.max_tokens, p.clip.context_width, max_frames),
         "text_encoder": text_encoder_spec(p.clip, p.max_tokens),
         "vae_decoder": vae_decoder_spec(p.vae, p.latent_shape(engine.defaults.height, engine.defaults.width, None)),
     }

@@ -215,6 +215,28 @@ def optimizer_step(trainable: Trainable, loss: torch.Tensor, recipe: Recipe, ste
     return float(grad_norm)
 
 
+def load_widened(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load `state`, zero-filling where the model's tensors are larger (e.g. a text condition
+    that gained channels): the widened model computes what the saved one did, then learns.
+    """
+    own = model.state_dict()
+    if set(own) != set(state):
+        raise ValueError(f"weights do not fit the model: missing {sorted(set(own) - set(state))[:4]}, "
+                         f"unexpected {sorted(set(state) - set(own))[:4]}")
+    widened = {}
+    for key, saved in state.items():
+        target = own[key]
+        if saved.shape == target.shape:
+            widened[key] = saved
+            continue
+        if saved.dim() != target.dim() or any(s > t for s, t in zip(saved.shape, target.shape)):
+            raise ValueError(f"{key}: saved shape {tuple(saved.shape)} does not fit {tuple(target.shape)}")
+        grown = torch.zeros_like(target)
+        grown[tuple(slice(0, n) for n in saved.shape)] = saved
+        widened[key] = grown
+    model.load_state_dict(widened)
+
+
 def continue_from_weights(run: Run, trainable: Trainable, name: str) -> RunState:
     """Start a run from exported weights (when a machine has no checkpoint, only the repo).
 
@@ -225,9 +247,9 @@ def continue_from_weights(run: Run, trainable: Trainable, name: str) -> RunState
 
     card = weights.read_card(name)
     state = weights.load_state(name)
-    trainable.model.load_state_dict(state)
+    load_widened(trainable.model, state)
     if trainable.ema is not None:
-        trainable.ema.model.load_state_dict(state)
+        load_widened(trainable.ema.model, state)
     for point in card.get("learning_curve", []):
         run.log({"kind": "eval", **point})
     log.info("continuing %s from exported weights at step %d", name, card.get("steps", 0))

@@ -77,6 +77,7 @@ def export_denoiser(net: nn.Module, run: Run, recipe: Recipe, directory: Path | 
     card.update({
         "prediction": recipe.extra.get("prediction", "v"),
         "shift": recipe.extra.get("shift", 1.0),
+        "text_context": recipe.extra.get("text_context", "states"),
         "components": {"vae": "shapes-vae", "text_encoder": "shapes-clip"},
         "defaults": {"steps": 20, "guidance": recipe.extra.get("guidance", 4.0),
                      "sampler": "dpmpp-2m", "width": size, "height": size,

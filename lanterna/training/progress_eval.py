@@ -23,11 +23,12 @@ def quick_geneval(recipe: Recipe, samples_dir: Path | None = None) -> Callable[[
 
     def evaluate(net: nn.Module, step: int) -> dict:
         from lanterna.engines.shapes import load_clip, load_vae
-        from lanterna.engines.nets.text import ShapesTokenizer
+        from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner
         from lanterna.evaluation import geneval
 
         was_training = net.training
-        pipe = LatentDiffusionPipeline(net, load_vae(), load_clip(), ShapesTokenizer(),
+        text = text_conditioner(load_clip(), recipe.extra.get("text_context", "states"))
+        pipe = LatentDiffusionPipeline(net, load_vae(), text, ShapesTokenizer(),
                                        prediction=recipe.extra.get("prediction", "v"),
                                        shift=recipe.extra.get("shift", 1.0))
         options = SamplingOptions(steps=20, guidance=recipe.extra.get("guidance", 4.0),

@@ -18,7 +18,7 @@ from torch import nn
 
 from lanterna.engines import bundled
 from lanterna.engines.nets import build_net
-from lanterna.engines.nets.text import ShapesCLIP, ShapesTokenizer
+from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner
 from lanterna.engines.nets.vae import AutoencoderKL
 from lanterna.training import data
 from lanterna.training.common import EMA, Recipe, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
@@ -69,7 +69,7 @@ def latent_targets(recipe: Recipe) -> str:
 
 
 @torch.no_grad()
-def encode_text(clip: ShapesCLIP, tokenizer: ShapesTokenizer, captions: list[str],
+def encode_text(clip: nn.Module, tokenizer: ShapesTokenizer, captions: list[str],
                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dropped = [c if rng.random() >= CAPTION_DROPOUT else "" for c in captions]
     tokens = tokenizer.encode(dropped)
@@ -96,9 +96,10 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
     torch.manual_seed(recipe.seed)
     np_rng = np.random.default_rng(recipe.seed)
     vae = bundled.load_vae().eval().requires_grad_(False)
-    clip = bundled.load_clip().eval().requires_grad_(False)
+    clip = text_conditioner(bundled.load_clip().eval().requires_grad_(False),
+                            recipe.extra.get("text_context", "states"))
     tokenizer = ShapesTokenizer()
-    net = build_denoiser(recipe, clip.config.text_width)
+    net = build_denoiser(recipe, clip.context_width)
     trainable = Trainable(net, make_optimizer(net, recipe), EMA(net, recipe.ema))
     run = Run(run_dir)
     prediction = recipe.extra.get("prediction", "v")

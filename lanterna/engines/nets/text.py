@@ -206,6 +206,10 @@ class ShapesCLIP(nn.Module):
         self.image_projection = nn.Linear(config.image_width, config.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
+    @property
+    def context_width(self) -> int:
+        return self.config.text_width
+
     def encode_text_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The text tower's states, unprojected: (B x L x text_width, pooled B x text_width)."""
         return self.text(ids, mask)
@@ -225,3 +229,42 @@ class ShapesCLIP(nn.Module):
         text = F.normalize(self.encode_text(ids, mask), dim=-1)
         logits_per_image = self.logit_scale.exp() * image @ text.T
         return logits_per_image, logits_per_image.T
+
+
+TEXT_CONTEXTS = ("states", "states+words")
+
+
+class WordAwareText(nn.Module):
+    """A denoiser's text condition: the CLIP text tower's states with each word's own embedding
+    beside them (B x L x 2 text_width), and the pooled state with the mean of the words'
+    embeddings beside it (B x 2 text_width).
+
+    The contrastive tower keeps colours far apart but squashes the other words: in shapes-clip
+    the final states of "a red circle" and "a red square" differ by 0.2 of their norm, those of
+    "a red circle" and "a blue circle" by 1.4, while the input embeddings of "circle" and "square"
+    differ by 1.5. A denoiser conditioned on the states alone learned colours and ignored shapes.
+    The embeddings are RMS-normalised so both halves enter at the same scale.
+    """
+
+    def __init__(self, clip: ShapesCLIP) -> None:
+        super().__init__()
+        self.clip = clip
+
+    @property
+    def context_width(self) -> int:
+        return 2 * self.clip.config.text_width
+
+    def encode_text_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states, pooled = self.clip.encode_text_tokens(ids, mask)
+        words = self.clip.text.token_embedding(ids)
+        keep = mask[..., None].to(words.dtype)
+        words = words * torch.rsqrt(words.pow(2).mean(-1, keepdim=True) + 1e-6) * keep
+        bag = words.sum(1) / keep.sum(1).clamp_min(1.0)
+        return torch.cat([states, words], dim=-1), torch.cat([pooled, bag], dim=-1)
+
+
+def text_conditioner(clip: ShapesCLIP, text_context: str) -> nn.Module:
+    """What a denoiser reads the prompt through, as its model card's `text_context` names it."""
+    if text_context not in TEXT_CONTEXTS:
+        raise ValueError(f"text_context: one of {TEXT_CONTEXTS}, got {text_context!r}")
+    return WordAwareText(clip) if text_context == "states+words" else clip
