@@ -15,7 +15,7 @@ from torch import nn
 from lanterna.engines.nets import NET_CLASSES, NET_KINDS, NET_SIZES, build_net, count_params
 from lanterna.engines.nets.dit import DiTBlock
 from lanterna.engines.nets.layers import Attention, TimestepEmbedder, timestep_embedding
-from lanterna.engines.nets.text import ShapesCLIPConfig, ShapesTokenizer
+from lanterna.engines.nets.text import ShapesCLIPConfig, ShapesTokenizer, text_conditioner
 from lanterna.engines.nets.vae import DiagonalGaussian
 
 DENOISERS = ("dit", "unet", "video_dit")
@@ -376,3 +376,44 @@ def test_tokenizer_vocabulary_and_clip_vocab_size():
     assert "circle" in words and "<pad>" not in words and "<unk>" not in words
     assert len(words) == tok.vocab_size - 4
     assert ShapesCLIPConfig().vocab_size == tok.vocab_size
+
+
+# -- word-aware text conditioning ---------------------------------------------------------------
+def test_word_aware_text_keeps_the_states_and_adds_distinct_words():
+    clip = tiny("clip")
+    text = text_conditioner(clip, "states+words")
+    tokens = ShapesTokenizer().encode(["a red circle", "a red square"])
+    with torch.no_grad():
+        states, pooled = clip.encode_text_tokens(tokens.ids, tokens.mask)
+        context, pooled2 = text.encode_text_tokens(tokens.ids, tokens.mask)
+    w = clip.config.text_width
+    assert text.context_width == 2 * w and context.shape == (2, CONTEXT_LEN, 2 * w)
+    assert torch.equal(context[..., :w], states) and torch.equal(pooled2[:, :w], pooled)
+    words = context[..., w:]
+    assert not words[~tokens.mask].any()  # padding stays zero
+    real = words[tokens.mask]
+    assert torch.allclose(real.pow(2).mean(-1), torch.ones(len(real)), atol=1e-2)  # RMS 1 per word
+    shape_word = 3  # <bos> a red circle|square
+    assert (words[0, shape_word] - words[1, shape_word]).norm() > 0.5 * words[0, shape_word].norm()
+    assert torch.equal(words[0, :shape_word], words[1, :shape_word])
+    assert text_conditioner(clip, "states") is clip
+    with pytest.raises(ValueError, match="text_context"):
+        text_conditioner(clip, "words")
+
+
+@pytest.mark.parametrize("kind", DENOISERS)
+def test_weights_widened_to_word_aware_context_compute_the_same(kind):
+    from lanterna.training.common import load_widened
+
+    narrow = randomize_zero_init(tiny(kind))
+    wide = build_net(kind, {**NET_SIZES[kind]["tiny"], "context_dim": 2 * NET_SIZES[kind]["tiny"]["context_dim"]})
+    load_widened(wide, narrow.state_dict())
+    x, t, context, mask, pooled = denoiser_inputs(kind)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        before = narrow(x, t, context, mask, pooled)
+        after = wide(x, t, torch.cat([context, torch.randn(context.shape, generator=g)], -1), mask,
+                     torch.cat([pooled, torch.randn(pooled.shape, generator=g)], -1))
+    assert torch.allclose(before, after, atol=1e-6)
+    with pytest.raises(ValueError, match="does not fit"):
+        load_widened(narrow, wide.state_dict())

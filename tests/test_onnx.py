@@ -233,3 +233,15 @@ def test_export_cli_reports_the_cached_export(dit, capsys):
     assert summary["weights_hash"] == engine.weights_hash
     assert summary["parts"]["denoiser"]["attention"] == "native"
     assert main(["export-onnx", "no-such-model", "--weights-dir", str(engine.directory)]) == 2
+
+
+def test_word_aware_model_runs_on_onnx_as_on_torch(tmp_path, cache):
+    directory = save_tiny_bundle(tmp_path / "weights", kinds=("dit",), text_context="states+words")
+    engine = ShapesEngine("shapes-dit", directory)
+    out_dir, manifest = onnx_backend.export_model(engine)
+    for part, spec in onnx_backend.graph_specs(engine).items():
+        assert max_abs_difference(out_dir / manifest["parts"][part]["file"], spec, 2, seed=7) <= 1e-3
+    request = dict(task="t2i", prompt="a red circle and a blue square", seeds=[3], steps=4)
+    torch_image = np.asarray(engine.run(GenerationRequest(**request)).images[0], dtype=int)
+    onnx_image = np.asarray(engine.run(GenerationRequest(**request, backend="onnx")).images[0], dtype=int)
+    assert np.abs(torch_image - onnx_image).max() <= 2

@@ -38,9 +38,10 @@ def tiny_vae() -> nn.Module:
     return build_net("vae", NET_SIZES["vae"]["tiny"]).eval()
 
 
-def tiny_denoiser(kind: str) -> nn.Module:
+def tiny_denoiser(kind: str, context_scale: int = 1) -> nn.Module:
     torch.manual_seed(3)
-    net = build_net(kind, NET_SIZES[kind]["tiny"])
+    config = NET_SIZES[kind]["tiny"]
+    net = build_net(kind, {**config, "context_dim": context_scale * config["context_dim"]})
     return randomise_zero_params(net, 4).eval()
 
 
@@ -48,17 +49,19 @@ def tiny_pipeline(kind: str = "dit") -> LatentDiffusionPipeline:
     return LatentDiffusionPipeline(tiny_denoiser(kind), tiny_vae(), tiny_clip(), ShapesTokenizer())
 
 
-def save_tiny_bundle(directory: Path, kinds: tuple[str, ...] = ("dit", "video_dit")) -> Path:
+def save_tiny_bundle(directory: Path, kinds: tuple[str, ...] = ("dit", "video_dit"),
+                     text_context: str = "states") -> Path:
     """Write tiny shapes-vae, shapes-clip and denoisers with model cards, like the bundled ones."""
     names = {"dit": "shapes-dit", "unet": "shapes-unet", "video_dit": "shapes-video"}
     for name, module, net in (("shapes-vae", tiny_vae(), "vae"), ("shapes-clip", tiny_clip(), "clip")):
         weights.save_module(module, name, directory)
         weights.write_card(name, {"name": name, "net": net, "config": asdict(module.config)}, directory)
     for kind in kinds:
-        net = tiny_denoiser(kind)
+        net = tiny_denoiser(kind, context_scale=2 if text_context == "states+words" else 1)
         video = kind == "video_dit"
         card = {
             "name": names[kind], "net": kind, "config": asdict(net.config), "prediction": "v",
+            "text_context": text_context,
             "components": {"vae": "shapes-vae", "text_encoder": "shapes-clip"},
             "defaults": {"steps": 4, "guidance": 3.0, "sampler": "dpmpp-2m", "width": 64,
                          "height": 64, **({"frames": 4, "fps": 8} if video else {})},

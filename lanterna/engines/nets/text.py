@@ -251,6 +251,10 @@ class WordAwareText(nn.Module):
         self.clip = clip
 
     @property
+    def config(self) -> ShapesCLIPConfig:
+        return self.clip.config
+
+    @property
     def context_width(self) -> int:
         return 2 * self.clip.config.text_width
 
