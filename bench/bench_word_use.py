@@ -1,0 +1,121 @@
+"""Does a denoiser read the words of its prompt?
+
+For fresh Shapes World renders (the training mix; motion videos for a video model), the
+denoiser's v-prediction loss at fixed noise levels with the true caption, and with one kind of
+word swapped for another of its kind: the shape ("circle" -> "square"), the colour ("red" ->
+"blue"), the motion ("moving left" -> "moving right", "growing" -> "shrinking"). A denoiser
+that uses a word loses accuracy when the word is wrong; one that ignores it does not. Captions
+a swap leaves unchanged, or turns into a held-out composition, are left out of that swap.
+Prints one JSON line per model: per noise level t, the mean loss with the true captions and
+the relative increase for each swap (on the same renders and noise).
+
+    python bench/bench_word_use.py [--weights-dir DIR] [--models NAME ...] [--renders N] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lanterna.engines import weights  # noqa: E402
+from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner  # noqa: E402
+from lanterna.engines.shapes import load_clip, load_denoiser, load_vae  # noqa: E402
+from lanterna.training import data, train_diffusion  # noqa: E402
+from lanterna.world.palette import HELD_OUT  # noqa: E402
+
+SWAPS = {
+    "shape": {"circle": "square", "square": "triangle", "triangle": "cross", "cross": "circle",
+              "circles": "squares", "squares": "triangles", "triangles": "crosses", "crosses": "circles"},
+    "colour": {"red": "blue", "blue": "green", "green": "yellow", "yellow": "red",
+               "purple": "orange", "orange": "purple"},
+    "motion": {"left": "right", "right": "left", "up": "down", "down": "up",
+               "growing": "shrinking", "shrinking": "growing"},
+}
+NOISE_LEVELS = (0.5, 0.7, 0.9)
+
+
+def swapped(caption: str, table: dict[str, str]) -> str:
+    return " ".join(table.get(word, word) for word in caption.split())
+
+
+SINGULAR = {"circles": "circle", "squares": "square", "triangles": "triangle", "crosses": "cross"}
+
+
+def holds_held_out(caption: str) -> bool:
+    """A colour word right before a shape word names a composition (captions put them so)."""
+    words = [SINGULAR.get(w, w) for w in caption.split()]
+    return any(pair in HELD_OUT for pair in zip(words, words[1:]))
+
+
+@torch.no_grad()
+def losses(net, text, tokenizer, x_t, t, target, captions: list[str]) -> torch.Tensor:
+    tokens = tokenizer.encode(captions)
+    context, pooled = text.encode_text_tokens(tokens.ids, tokens.mask)
+    out = net(x_t, torch.full((len(captions),), t), context, tokens.mask, pooled).float()
+    return ((out - target) ** 2).flatten(1).mean(1)
+
+
+def word_use(name: str, directory: Path | None, renders: int, seed: int) -> dict:
+    card = weights.read_card(name, directory)
+    net = load_denoiser(name, directory)
+    text = text_conditioner(load_clip(card["components"]["text_encoder"], directory).eval(),
+                            card.get("text_context", "states"))
+    vae = load_vae(card["components"]["vae"], directory).eval()
+    rng = np.random.default_rng(seed)
+    video = "max_frames" in card
+    if video:
+        size = card["defaults"]["width"]
+        pixels, captions = data.video_batch(rng, renders, card["max_frames"], size)
+        z0 = train_diffusion.encode_videos(vae, pixels, "mean")
+    else:
+        pixels, captions = data.image_batch(rng, renders)
+        z0 = train_diffusion.encode_images(vae, pixels, "mean")
+    eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
+    tokenizer = ShapesTokenizer()
+    result: dict = {"model": name, "renders": renders, "text_context": card.get("text_context", "states")}
+    for t in NOISE_LEVELS:
+        x_t = (1 - t) * z0 + t * eps
+        target = eps - z0
+        right = losses(net, text, tokenizer, x_t, t, target, captions)
+        row = {"loss": round(float(right.mean()), 4)}
+        for kind, table in SWAPS.items():
+            if kind == "motion" and not video:
+                continue
+            wrong = [swapped(c, table) for c in captions]
+            keep = [i for i, (c, w) in enumerate(zip(captions, wrong)) if w != c and not holds_held_out(w)]
+            if not keep:
+                continue
+            worse = losses(net, text, tokenizer, x_t[keep], t, target[keep], [wrong[i] for i in keep])
+            row[f"{kind}_swapped_increase"] = round(float(worse.mean() / right[keep].mean() - 1), 4)
+            row[f"{kind}_swapped_renders"] = len(keep)
+        result[f"t={t}"] = row
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights-dir", type=Path)
+    parser.add_argument("--models", nargs="+", default=["shapes-dit", "shapes-unet", "shapes-video"])
+    parser.add_argument("--renders", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name in args.models:
+        if not weights.has_weights(name, args.weights_dir):
+            print(json.dumps({"model": name, "skipped": "no weights"}))
+            continue
+        print(json.dumps(word_use(name, args.weights_dir, args.renders, args.seed)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
