@@ -220,3 +220,18 @@ def test_word_aware_run_widens_narrow_weights_and_its_card_says_so(tmp_path, com
 
 def narrow_width(weights_dir) -> int:
     return weights.read_card("shapes-clip", weights_dir)["config"]["text_width"]
+
+
+def test_new_diffusion_runs_default_to_word_aware_mean_targets(tmp_path, monkeypatch):
+    from lanterna.cli import main
+
+    seen = []
+    monkeypatch.setattr(train_diffusion, "train", lambda run_dir, recipe, *a, **k: seen.append(recipe) or (None, None))
+    assert main(["train", "dit", "--run-dir", str(tmp_path / "a"), "--steps", "1"]) == 0
+    assert seen[-1].extra == {"latents": "mean", "text_context": "states+words"}
+    assert main(["train", "unet", "--run-dir", str(tmp_path / "b"), "--steps", "1",
+                 "--extra", '{"text_context": "states"}']) == 0
+    assert seen[-1].extra == {"latents": "mean", "text_context": "states"}
+    Run(str(tmp_path / "c")).save({"trainable": {}, "state": {}, "recipe": {"model": "dit", "extra": {}}})
+    assert main(["train", "dit", "--run-dir", str(tmp_path / "c"), "--steps", "1"]) == 0
+    assert seen[-1].extra == {}  # a resumed run keeps its recipe

@@ -17,6 +17,10 @@ log = logging.getLogger("lanterna.training")
 
 DEFAULT_LR = {"vae": 1e-3, "clip": 5e-4, "dit": 5e-4, "unet": 5e-4, "video": 5e-4}
 DEFAULT_BATCH = {"vae": 32, "clip": 128, "dit": 64, "unet": 64, "video": 8}
+# New diffusion runs read the prompt through the words as well as the CLIP states, and learn the
+# VAE posterior means (see train_diffusion.latent_targets, nets.text.WordAwareText); a resumed
+# run keeps what its recipe says, and recipes from before these options trained without them.
+DIFFUSION_EXTRA = {"latents": "mean", "text_context": "states+words"}
 MODEL_NAME = {"vae": "shapes-vae", "clip": "shapes-clip", "dit": "shapes-dit",
               "unet": "shapes-unet", "video": "shapes-video"}
 
@@ -57,10 +61,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    extra = json.loads(args.extra)
+    if args.model in ("dit", "unet", "video"):
+        extra = {**DIFFUSION_EXTRA, **extra}
     return Recipe(
         model=args.model, size=args.size, batch=args.batch or DEFAULT_BATCH[args.model],
         lr=args.lr or DEFAULT_LR[args.model], warmup=args.warmup, seed=args.seed,
-        bf16=args.bf16, extra=json.loads(args.extra),
+        bf16=args.bf16, extra=extra,
     )
 
 
