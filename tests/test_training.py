@@ -235,3 +235,16 @@ def test_new_diffusion_runs_default_to_word_aware_mean_targets(tmp_path, monkeyp
     Run(str(tmp_path / "c")).save({"trainable": {}, "state": {}, "recipe": {"model": "dit", "extra": {}}})
     assert main(["train", "dit", "--run-dir", str(tmp_path / "c"), "--steps", "1"]) == 0
     assert seen[-1].extra == {}  # a resumed run keeps its recipe
+
+
+def test_narrowing_word_aware_weights_is_a_clear_cli_error(tmp_path, components, capsys):
+    from lanterna.cli import main
+
+    recipe = Recipe(model="dit", size="tiny", batch=2, lr=1e-3, warmup=1, bf16=False,
+                    extra={"text_context": "states+words"})
+    net, run = train_diffusion.train(str(tmp_path / "wide"), recipe, max_steps=1, max_minutes=None, eval_every=100)
+    export.export_denoiser(net, run, recipe, components)
+    code = main(["train", "dit", "--size", "tiny", "--run-dir", str(tmp_path / "narrow"), "--steps", "1",
+                 "--init-from", "shapes-dit", "--extra", '{"text_context": "states"}'])
+    err = capsys.readouterr().err
+    assert code == 2 and "shapes-dit cannot start this run" in err and "'states+words'" in err

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from lanterna.training.common import Recipe, Run, set_threads
+from lanterna.training.common import Recipe, Run, WeightsDoNotFit, set_threads
 
 log = logging.getLogger("lanterna.training")
 
@@ -91,6 +91,16 @@ def run_command(args: argparse.Namespace) -> int:
     # A cooldown belongs to this invocation: a later resume without one trains at the full lr,
     # not at the 0 an earlier cooldown ended on.
     recipe.cooldown, recipe.total_steps = (args.cooldown, args.steps) if args.cooldown else (0, None)
+    try:
+        train_and_export(args, recipe, run_dir)
+    except WeightsDoNotFit as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    log.info("done: %s", asdict(recipe))
+    return 0
+
+
+def train_and_export(args: argparse.Namespace, recipe: Recipe, run_dir: Path) -> None:
     max_steps = 0 if args.export_only else args.steps
     minutes = None if args.export_only else args.minutes
     from lanterna.training import export
@@ -115,5 +125,3 @@ def run_command(args: argparse.Namespace) -> int:
                                            args.eval_every, evaluate=quick_geneval(recipe, run_dir / "samples"))
         if args.export or args.export_only:
             export.export_denoiser(model, run, recipe, args.weights_dir, half=args.half)
-    log.info("done: %s", asdict(recipe))
-    return 0

@@ -215,13 +215,17 @@ def optimizer_step(trainable: Trainable, loss: torch.Tensor, recipe: Recipe, ste
     return float(grad_norm)
 
 
+class WeightsDoNotFit(ValueError):
+    """Exported weights that a run's net cannot start from."""
+
+
 def load_widened(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load `state`, zero-filling where the model's tensors are larger (e.g. a text condition
     that gained channels): the widened model computes what the saved one did, then learns.
     """
     own = model.state_dict()
     if set(own) != set(state):
-        raise ValueError(f"weights do not fit the model: missing {sorted(set(own) - set(state))[:4]}, "
+        raise WeightsDoNotFit(f"weights do not fit the model: missing {sorted(set(own) - set(state))[:4]}, "
                          f"unexpected {sorted(set(state) - set(own))[:4]}")
     widened = {}
     for key, saved in state.items():
@@ -230,7 +234,7 @@ def load_widened(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             widened[key] = saved
             continue
         if saved.dim() != target.dim() or any(s > t for s, t in zip(saved.shape, target.shape)):
-            raise ValueError(f"{key}: saved shape {tuple(saved.shape)} does not fit {tuple(target.shape)}")
+            raise WeightsDoNotFit(f"{key}: saved shape {tuple(saved.shape)} does not fit {tuple(target.shape)}")
         grown = torch.zeros_like(target)
         grown[tuple(slice(0, n) for n in saved.shape)] = saved
         widened[key] = grown
@@ -247,7 +251,13 @@ def continue_from_weights(run: Run, trainable: Trainable, name: str) -> RunState
 
     card = weights.read_card(name)
     state = weights.load_state(name)
-    load_widened(trainable.model, state)
+    try:
+        load_widened(trainable.model, state)
+    except WeightsDoNotFit as error:
+        raise WeightsDoNotFit(
+            f"{name} cannot start this run ({error}); its card has text_context "
+            f"{card.get('text_context', 'states')!r} and size config {card.get('config')}: "
+            "a run can widen 'states' weights to 'states+words', not narrow them") from error
     if trainable.ema is not None:
         load_widened(trainable.ema.model, state)
     for point in card.get("learning_curve", []):
