@@ -27,9 +27,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lanterna.engines import weights  # noqa: E402
-from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner  # noqa: E402
-from lanterna.engines.pipeline import LatentDiffusionPipeline, SamplingOptions  # noqa: E402
-from lanterna.engines.shapes import load_clip, load_denoiser, load_vae  # noqa: E402
+from lanterna.engines.nets.text import ShapesTokenizer  # noqa: E402
+from lanterna.engines.pipeline import SamplingOptions  # noqa: E402
+from lanterna.engines.shapes import ShapesEngine, load_clip, load_vae  # noqa: E402
 from lanterna.evaluation import geneval  # noqa: E402
 from lanterna.training import train_clip, train_vae  # noqa: E402
 from lanterna.world.judge import judge  # noqa: E402
@@ -63,12 +63,11 @@ def check_clip(directory: Path | None) -> dict:
 
 
 def sample(name: str, card: dict, directory: Path | None, half: bool, prompts_per_task: int) -> tuple[list, list]:
-    net = load_denoiser(name, directory)
+    engine = ShapesEngine(name, directory)
+    engine.load()
+    pipe = engine.pipeline
     if half:
-        rounded_through_fp16(net)
-    text = text_conditioner(load_clip(directory=directory), card.get("text_context", "states"))
-    pipe = LatentDiffusionPipeline(net, load_vae(directory=directory), text, ShapesTokenizer(), prediction=card.get("prediction", "v"),
-                                   shift=card.get("shift", 1.0))
+        rounded_through_fp16(pipe.denoiser)
     options = SamplingOptions(steps=20, guidance=card["defaults"]["guidance"], sampler="dpmpp-2m",
                               shift=card.get("shift", 1.0))
     width, height = card["defaults"]["width"], card["defaults"]["height"]

@@ -5,7 +5,8 @@ denoiser's v-prediction loss at fixed noise levels with the true caption, and wi
 word swapped for another of its kind: the shape ("circle" -> "square"), the colour ("red" ->
 "blue"), the motion ("moving left" -> "moving right", "growing" -> "shrinking"). A denoiser
 that uses a word loses accuracy when the word is wrong; one that ignores it does not. Captions
-a swap leaves unchanged, or turns into a held-out composition, are left out of that swap.
+a swap leaves unchanged, or turns into a held-out composition (or out of the grammar), are left
+out of that swap.
 Prints one JSON line per model: per noise level t, the mean loss with the true captions and
 the relative increase for each swap (on the same renders and noise).
 
@@ -25,9 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lanterna.engines import weights  # noqa: E402
-from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner  # noqa: E402
-from lanterna.engines.shapes import load_clip, load_denoiser, load_vae  # noqa: E402
+from lanterna.engines.nets.text import text_context_of  # noqa: E402
+from lanterna.engines.pipeline import LatentDiffusionPipeline  # noqa: E402
+from lanterna.engines.shapes import ShapesEngine  # noqa: E402
 from lanterna.training import data, train_diffusion  # noqa: E402
+from lanterna.world.captions import try_parse  # noqa: E402
 from lanterna.world.palette import HELD_OUT  # noqa: E402
 
 SWAPS = {
@@ -45,54 +48,45 @@ def swapped(caption: str, table: dict[str, str]) -> str:
     return " ".join(table.get(word, word) for word in caption.split())
 
 
-SINGULAR = {"circles": "circle", "squares": "square", "triangles": "triangle", "crosses": "cross"}
-
-
-def holds_held_out(caption: str) -> bool:
-    """A colour word right before a shape word names a composition (captions put them so)."""
-    words = [SINGULAR.get(w, w) for w in caption.split()]
-    return any(pair in HELD_OUT for pair in zip(words, words[1:]))
+def usable(caption: str) -> bool:
+    """Inside the grammar and asking for no held-out composition."""
+    spec = try_parse(caption)
+    return spec is not None and not any((o.colour, o.shape) in HELD_OUT for o in spec.objects)
 
 
 @torch.no_grad()
-def losses(net, text, tokenizer, x_t, t, target, captions: list[str]) -> torch.Tensor:
-    tokens = tokenizer.encode(captions)
-    context, pooled = text.encode_text_tokens(tokens.ids, tokens.mask)
-    out = net(x_t, torch.full((len(captions),), t), context, tokens.mask, pooled).float()
+def losses(pipe: LatentDiffusionPipeline, x_t, t, target, captions: list[str]) -> torch.Tensor:
+    text = pipe.encode_prompts(captions)
+    out = pipe.denoiser(x_t, torch.full((len(captions),), t), text.context, text.mask, text.pooled).float()
     return ((out - target) ** 2).flatten(1).mean(1)
 
 
 def word_use(name: str, directory: Path | None, renders: int, seed: int) -> dict:
-    card = weights.read_card(name, directory)
-    net = load_denoiser(name, directory)
-    text = text_conditioner(load_clip(card["components"]["text_encoder"], directory).eval(),
-                            card.get("text_context", "states"))
-    vae = load_vae(card["components"]["vae"], directory).eval()
+    engine = ShapesEngine(name, directory)
+    engine.load()
+    pipe = engine.pipeline
     rng = np.random.default_rng(seed)
-    video = "max_frames" in card
-    if video:
-        size = card["defaults"]["width"]
-        pixels, captions = data.video_batch(rng, renders, card["max_frames"], size)
-        z0 = train_diffusion.encode_videos(vae, pixels, "mean")
+    if engine.is_video:
+        pixels, captions = data.video_batch(rng, renders, engine.max_frames, engine.defaults.width)
+        z0 = train_diffusion.encode_videos(pipe.vae, pixels, "mean")
     else:
         pixels, captions = data.image_batch(rng, renders)
-        z0 = train_diffusion.encode_images(vae, pixels, "mean")
+        z0 = train_diffusion.encode_images(pipe.vae, pixels, "mean")
     eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
-    tokenizer = ShapesTokenizer()
-    result: dict = {"model": name, "renders": renders, "text_context": card.get("text_context", "states")}
+    result: dict = {"model": name, "renders": renders, "text_context": text_context_of(engine.card)}
     for t in NOISE_LEVELS:
         x_t = (1 - t) * z0 + t * eps
         target = eps - z0
-        right = losses(net, text, tokenizer, x_t, t, target, captions)
+        right = losses(pipe, x_t, t, target, captions)
         row = {"loss": round(float(right.mean()), 4)}
         for kind, table in SWAPS.items():
-            if kind == "motion" and not video:
+            if kind == "motion" and not engine.is_video:
                 continue
             wrong = [swapped(c, table) for c in captions]
-            keep = [i for i, (c, w) in enumerate(zip(captions, wrong)) if w != c and not holds_held_out(w)]
+            keep = [i for i, (c, w) in enumerate(zip(captions, wrong)) if w != c and usable(w)]
             if not keep:
                 continue
-            worse = losses(net, text, tokenizer, x_t[keep], t, target[keep], [wrong[i] for i in keep])
+            worse = losses(pipe, x_t[keep], t, target[keep], [wrong[i] for i in keep])
             row[f"{kind}_swapped_increase"] = round(float(worse.mean() / right[keep].mean() - 1), 4)
             row[f"{kind}_swapped_renders"] = len(keep)
         result[f"t={t}"] = row

@@ -14,7 +14,7 @@ from torch import nn
 
 from lanterna.engines import weights
 from lanterna.engines.nets import NET_SIZES, build_net
-from lanterna.engines.nets.text import ShapesTokenizer
+from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner
 from lanterna.engines.pipeline import LatentDiffusionPipeline
 
 
@@ -38,10 +38,10 @@ def tiny_vae() -> nn.Module:
     return build_net("vae", NET_SIZES["vae"]["tiny"]).eval()
 
 
-def tiny_denoiser(kind: str, context_scale: int = 1) -> nn.Module:
+def tiny_denoiser(kind: str, text_context: str = "states") -> nn.Module:
+    context_dim = text_conditioner(tiny_clip(), text_context).context_width  # draws with its own seed
     torch.manual_seed(3)
-    config = NET_SIZES[kind]["tiny"]
-    net = build_net(kind, {**config, "context_dim": context_scale * config["context_dim"]})
+    net = build_net(kind, {**NET_SIZES[kind]["tiny"], "context_dim": context_dim})
     return randomise_zero_params(net, 4).eval()
 
 
@@ -57,7 +57,7 @@ def save_tiny_bundle(directory: Path, kinds: tuple[str, ...] = ("dit", "video_di
         weights.save_module(module, name, directory)
         weights.write_card(name, {"name": name, "net": net, "config": asdict(module.config)}, directory)
     for kind in kinds:
-        net = tiny_denoiser(kind, context_scale=2 if text_context == "states+words" else 1)
+        net = tiny_denoiser(kind, text_context)
         video = kind == "video_dit"
         card = {
             "name": names[kind], "net": kind, "config": asdict(net.config), "prediction": "v",

@@ -24,7 +24,7 @@ from lanterna.engines.base import (
     StepCallback,
 )
 from lanterna.engines.nets import build_net
-from lanterna.engines.nets.text import ShapesCLIP, ShapesCLIPConfig, ShapesTokenizer, text_conditioner
+from lanterna.engines.nets.text import ShapesCLIP, ShapesCLIPConfig, ShapesTokenizer, text_conditioner, text_context_of
 from lanterna.engines.nets.vae import AutoencoderKL, VAEConfig
 from lanterna.engines.pipeline import LatentDiffusionPipeline, SamplingOptions
 from lanterna.engines.samplers import SAMPLERS
@@ -101,7 +101,7 @@ class ShapesEngine:
                 load_denoiser(self.name, self.directory),
                 load_vae(components["vae"], self.directory),
                 text_conditioner(load_clip(components["text_encoder"], self.directory),
-                                 self.card.get("text_context", "states")),
+                                 text_context_of(self.card)),
                 self.tokenizer,
                 prediction=self.card.get("prediction", "v"),
                 shift=self.card.get("shift", 1.0),

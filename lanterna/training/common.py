@@ -248,6 +248,7 @@ def continue_from_weights(run: Run, trainable: Trainable, name: str) -> RunState
     the model card, so the card's curve stays one curve.
     """
     from lanterna.engines import weights
+    from lanterna.engines.nets.text import text_context_of
 
     card = weights.read_card(name)
     state = weights.load_state(name)
@@ -256,7 +257,7 @@ def continue_from_weights(run: Run, trainable: Trainable, name: str) -> RunState
     except WeightsDoNotFit as error:
         raise WeightsDoNotFit(
             f"{name} cannot start this run ({error}); its card has text_context "
-            f"{card.get('text_context', 'states')!r} and size config {card.get('config')}: "
+            f"{text_context_of(card)!r} and size config {card.get('config')}: "
             "a run can widen 'states' weights to 'states+words', not narrow them") from error
     if trainable.ema is not None:
         load_widened(trainable.ema.model, state)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from lanterna.engines import weights
+from lanterna.engines.nets.text import text_context_of
 from lanterna.training.common import Recipe, Run
 
 log = logging.getLogger("lanterna.training.export")
@@ -77,7 +78,7 @@ def export_denoiser(net: nn.Module, run: Run, recipe: Recipe, directory: Path | 
     card.update({
         "prediction": recipe.extra.get("prediction", "v"),
         "shift": recipe.extra.get("shift", 1.0),
-        "text_context": recipe.extra.get("text_context", "states"),
+        "text_context": text_context_of(recipe.extra),
         "components": {"vae": "shapes-vae", "text_encoder": "shapes-clip"},
         "defaults": {"steps": 20, "guidance": recipe.extra.get("guidance", 4.0),
                      "sampler": "dpmpp-2m", "width": size, "height": size,

@@ -23,11 +23,11 @@ def quick_geneval(recipe: Recipe, samples_dir: Path | None = None) -> Callable[[
 
     def evaluate(net: nn.Module, step: int) -> dict:
         from lanterna.engines.shapes import load_clip, load_vae
-        from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner
+        from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner, text_context_of
         from lanterna.evaluation import geneval
 
         was_training = net.training
-        text = text_conditioner(load_clip(), recipe.extra.get("text_context", "states"))
+        text = text_conditioner(load_clip(), text_context_of(recipe.extra))
         pipe = LatentDiffusionPipeline(net, load_vae(), text, ShapesTokenizer(),
                                        prediction=recipe.extra.get("prediction", "v"),
                                        shift=recipe.extra.get("shift", 1.0))

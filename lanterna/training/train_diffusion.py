@@ -18,7 +18,7 @@ from torch import nn
 
 from lanterna.engines import bundled
 from lanterna.engines.nets import build_net
-from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner
+from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner, text_context_of
 from lanterna.engines.nets.vae import AutoencoderKL
 from lanterna.training import data
 from lanterna.training.common import EMA, Recipe, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
@@ -97,7 +97,7 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
     np_rng = np.random.default_rng(recipe.seed)
     vae = bundled.load_vae().eval().requires_grad_(False)
     clip = text_conditioner(bundled.load_clip().eval().requires_grad_(False),
-                            recipe.extra.get("text_context", "states"))
+                            text_context_of(recipe.extra))
     tokenizer = ShapesTokenizer()
     net = build_denoiser(recipe, clip.context_width)
     trainable = Trainable(net, make_optimizer(net, recipe), EMA(net, recipe.ema))

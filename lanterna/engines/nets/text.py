@@ -22,6 +22,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -232,6 +233,11 @@ class ShapesCLIP(nn.Module):
 
 
 TEXT_CONTEXTS = ("states", "states+words")
+
+
+def text_context_of(settings: Mapping[str, Any]) -> str:
+    """The text_context a model card or recipe names; those from before the field read 'states'."""
+    return settings.get("text_context", "states")
 
 
 class WordAwareText(nn.Module):
