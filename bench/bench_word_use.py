@@ -8,7 +8,11 @@ that uses a word loses accuracy when the word is wrong; one that ignores it does
 a swap leaves unchanged, or turns into a held-out composition (or out of the grammar), are left
 out of that swap.
 Prints one JSON line per model: per noise level t, the mean loss with the true captions and
-the relative increase for each swap (on the same renders and noise).
+the relative increase for each swap (on the same renders and noise). First, two lines on the
+shared parts: how far apart the text tower puts captions differing in one word (pooled states)
+against how far apart those words' own input embeddings are (both relative to the first's norm),
+and the VAE posterior's std against the std of the (scaled) posterior means, the noise a
+posterior draw adds to a diffusion target.
 
     python bench/bench_word_use.py [--weights-dir DIR] [--models NAME ...] [--renders N] [--threads N]
 """
@@ -26,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lanterna.engines import weights  # noqa: E402
-from lanterna.engines.nets.text import text_context_of  # noqa: E402
+from lanterna.engines.nets.text import ShapesTokenizer, text_context_of  # noqa: E402
 from lanterna.engines.pipeline import LatentDiffusionPipeline  # noqa: E402
-from lanterna.engines.shapes import ShapesEngine  # noqa: E402
+from lanterna.engines.shapes import ShapesEngine, load_clip, load_vae  # noqa: E402
 from lanterna.training import data, train_diffusion  # noqa: E402
 from lanterna.world.captions import try_parse  # noqa: E402
 from lanterna.world.palette import HELD_OUT  # noqa: E402
@@ -42,6 +46,8 @@ SWAPS = {
                "growing": "shrinking", "shrinking": "growing"},
 }
 NOISE_LEVELS = (0.5, 0.7, 0.9)
+CAPTION_PAIRS = {"shape": ("a red circle", "a red square"), "colour": ("a red circle", "a blue circle"),
+                 "motion": ("a red circle moving left", "a red circle moving right")}
 
 
 def swapped(caption: str, table: dict[str, str]) -> str:
@@ -93,6 +99,32 @@ def word_use(name: str, directory: Path | None, renders: int, seed: int) -> dict
     return result
 
 
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return round(float((a - b).norm() / a.norm()), 3)
+
+
+@torch.no_grad()
+def text_tower_separation(clip) -> dict:
+    tokenizer = ShapesTokenizer()
+    row: dict = {"model": "shapes-clip"}
+    for kind, pair in CAPTION_PAIRS.items():
+        tokens = tokenizer.encode(list(pair))
+        _, pooled = clip.encode_text_tokens(tokens.ids, tokens.mask)
+        differ = (tokens.ids[0] != tokens.ids[1]).nonzero()[0, 0]
+        words = clip.text.token_embedding(tokens.ids[:, differ])
+        row[kind] = {"captions": pair, "pooled_state_distance": relative(pooled[0], pooled[1]),
+                     "word_embedding_distance": relative(words[0], words[1])}
+    return row
+
+
+@torch.no_grad()
+def posterior_noise(vae, renders: int, seed: int) -> dict:
+    pixels, _ = data.image_batch(np.random.default_rng(seed), renders)
+    posterior = vae.encode(pixels)
+    ratio = float(posterior.std.mean() / posterior.mean.std())
+    return {"model": "shapes-vae", "renders": renders, "posterior_std_over_mean_std": round(ratio, 3)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights-dir", type=Path)
@@ -103,6 +135,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(json.dumps(text_tower_separation(load_clip(directory=args.weights_dir))), flush=True)
+    print(json.dumps(posterior_noise(load_vae(directory=args.weights_dir), args.renders, args.seed)), flush=True)
     for name in args.models:
         if not weights.has_weights(name, args.weights_dir):
             print(json.dumps({"model": name, "skipped": "no weights"}))

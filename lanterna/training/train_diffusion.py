@@ -58,8 +58,9 @@ def flow_loss(net: nn.Module, z0: torch.Tensor, context: torch.Tensor, mask: tor
 def latent_targets(recipe: Recipe) -> str:
     """'sample' (a posterior draw) or 'mean' (the posterior mean) as the clean latent.
 
-    shapes-vae's posterior std is ~0.27 of the scaled latents' unit std, so a draw carries
-    noise the denoiser can neither predict nor needs (the decoder reads the mean as well).
+    shapes-vae's posterior std is ~0.28 of the posterior means' std (bench/bench_word_use.py),
+    so a draw carries noise the denoiser can neither predict nor needs (the decoder reads the
+    mean as well).
     Runs recorded before the choice existed trained on draws.
     """
     latents = recipe.extra.get("latents", "sample")

@@ -246,9 +246,10 @@ class WordAwareText(nn.Module):
     embeddings beside it (B x 2 text_width).
 
     The contrastive tower keeps colours far apart but squashes the other words: in shapes-clip
-    the final states of "a red circle" and "a red square" differ by 0.2 of their norm, those of
-    "a red circle" and "a blue circle" by 1.4, while the input embeddings of "circle" and "square"
-    differ by 1.5. A denoiser conditioned on the states alone learned colours and ignored shapes.
+    the pooled states of "a red circle" and "a red square" differ by 0.18 of their norm, those of
+    "a red circle" and "a blue circle" by 1.44, while the input embeddings of "circle" and
+    "square" differ by 1.33 (bench/bench_word_use.py). A denoiser conditioned on the states
+    alone learned colours and ignored shapes.
     The embeddings are RMS-normalised so both halves enter at the same scale.
     """
 
