@@ -201,6 +201,15 @@ def test_diffusion_targets_are_posterior_means_or_draws(components):
         train_diffusion.latent_targets(Recipe(model="dit", extra={"latents": "mode"}))
 
 
+def test_shift_moves_training_timesteps_toward_noise():
+    g = torch.Generator().manual_seed(0)
+    plain = train_diffusion.sample_t(20000, 1.0, generator=g)
+    shifted = train_diffusion.sample_t(20000, 3.0, generator=torch.Generator().manual_seed(0))
+    assert plain.median() == pytest.approx(0.5, abs=0.02)
+    assert shifted.median() == pytest.approx(0.75, abs=0.02)  # 3 * 0.5 / (1 + 2 * 0.5)
+    assert torch.all((shifted >= plain) & (shifted < 1))
+
+
 def test_word_aware_run_widens_narrow_weights_and_its_card_says_so(tmp_path, components):
     weights_dir = components
     narrow = Recipe(model="dit", size="tiny", batch=2, lr=1e-3, warmup=1, bf16=False, ema=0.9)

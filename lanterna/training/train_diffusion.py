@@ -2,7 +2,9 @@
 
 Rectified flow (Liu et al. 2022; Esser et al. 2024): x_t = (1 - t) x0 + t eps, the net predicts
 the velocity eps - x0 (or x0 itself), t drawn logit-normally, which Esser et al. found best
-among the timestep samplers they compared. The VAE and the CLIP text tower are frozen (as in
+among the timestep samplers they compared. `extra.shift` moves both the training timesteps and the
+sampling schedule toward high noise by the same map (Esser et al. 2024, eq. 23), as SD3 trains and
+samples with one shift. The VAE and the CLIP text tower are frozen (as in
 latent diffusion); captions are dropped 10 % of the time so classifier-free guidance works.
 """
 
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lanterna.engines import bundled
+from lanterna.engines.schedules import shift_flow_time
 from lanterna.engines.nets import build_net
 from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner, text_context_of
 from lanterna.engines.nets.vae import AutoencoderKL
@@ -39,14 +42,14 @@ def build_denoiser(recipe: Recipe, text_dim: int) -> nn.Module:
     return build_net(kind, config)
 
 
-def sample_t(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Logit-normal(0, 1) timesteps."""
-    return torch.sigmoid(torch.randn(n, generator=generator))
+def sample_t(n: int, shift: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Logit-normal(0, 1) timesteps, shifted toward t = 1 (noise) when shift > 1."""
+    return shift_flow_time(torch.sigmoid(torch.randn(n, generator=generator)), shift)
 
 
 def flow_loss(net: nn.Module, z0: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
-              pooled: torch.Tensor, prediction: str) -> torch.Tensor:
-    t = sample_t(z0.shape[0])
+              pooled: torch.Tensor, prediction: str, shift: float = 1.0) -> torch.Tensor:
+    t = sample_t(z0.shape[0], shift)
     eps = torch.randn_like(z0)
     t_b = t.view(-1, *([1] * (z0.dim() - 1)))
     x_t = (1 - t_b) * z0 + t_b * eps
@@ -107,6 +110,7 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
     frames = recipe.extra.get("frames", 16)
     size = recipe.extra.get("size", 64)
     latents = latent_targets(recipe)
+    shift = float(recipe.extra.get("shift", 1.0))
 
     def step_fn(step: int) -> dict:
         if recipe.model == "video":
@@ -117,7 +121,7 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
             z0 = encode_images(vae, pixels, latents)
         context, mask, pooled = encode_text(clip, tokenizer, captions, np_rng)
         with autocast(recipe.bf16):
-            loss = flow_loss(net, z0, context, mask, pooled, prediction)
+            loss = flow_loss(net, z0, context, mask, pooled, prediction, shift)
         grad = optimizer_step(trainable, loss, recipe, step)
         return {"loss": float(loss.detach()), "grad_norm": grad}
 
