@@ -181,6 +181,24 @@ def test_continue_from_exported_weights(tmp_path, weights_dir):
     assert run2.load()["recipe"]["warmup_start"] == 2
 
 
+def test_a_decoder_only_run_keeps_the_latent_space(tmp_path, monkeypatch):
+    monkeypatch.setenv("LANTERNA_WEIGHTS_DIR", str(tmp_path / "w"))
+    monkeypatch.setattr(train_vae, "EVAL_IMAGES", 8)
+    recipe = Recipe(model="vae", size="tiny", batch=4, lr=1e-3, warmup=1, bf16=False)
+    vae, run = train_vae.train(str(tmp_path / "a"), recipe, max_steps=2, max_minutes=None, eval_every=100)
+    export.export_vae(vae, run, recipe, tmp_path / "w")
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    tuned = Recipe(model="vae", size="tiny", batch=4, lr=1e-2, warmup=1, bf16=False,
+                   extra={"init_from": "shapes-vae", "part": "decoder"})
+    vae2, _ = train_vae.train(str(tmp_path / "b"), tuned, max_steps=5, max_minutes=None, eval_every=100)
+    after = vae2.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert torch.equal(before["scaling_factor"], after["scaling_factor"])
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    with pytest.raises(ValueError, match="part"):
+        train_vae.trained_part(Recipe(model="vae", extra={"part": "encoder"}))
+
+
 def test_a_fresh_optimiser_on_continued_weights_warms_up_again():
     recipe = Recipe(model="dit", lr=1e-3, warmup=10, warmup_start=5000)
     assert scheduled_lr(5000, recipe) == pytest.approx(1e-4)

@@ -25,6 +25,18 @@ def build(recipe: Recipe) -> AutoencoderKL:
     return AutoencoderKL(VAEConfig(**(VAE_SIZES[recipe.size] | recipe.extra.get("net", {}))))
 
 
+def trained_part(recipe: Recipe) -> str:
+    """'all', or 'decoder': the encoder (and so the latent space and its scaling factor) frozen.
+
+    A decoder-only run sharpens what every denoiser trained on this VAE's latents draws,
+    without retraining them.
+    """
+    part = recipe.extra.get("part", "all")
+    if part not in ("all", "decoder"):
+        raise ValueError(f"part: must be 'all' or 'decoder', got {part!r}")
+    return part
+
+
 def vae_loss(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator | None = None) -> dict:
     posterior = vae.encode(x)
     recon = vae.decode(posterior.sample(generator=generator))
@@ -32,6 +44,16 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator | N
     mse = F.mse_loss(recon.float(), x)
     kl = posterior.kl().mean()
     return {"loss": l1 + mse + KL_WEIGHT * kl, "l1": l1, "mse": mse, "kl": kl}
+
+
+def decoder_loss(vae: AutoencoderKL, x: torch.Tensor) -> dict:
+    """Reconstruction from the posterior mean, the latent the denoisers are trained to produce."""
+    with torch.no_grad():
+        z = vae.encode(x).mode()
+    recon = vae.decode(z)
+    l1 = (recon.float() - x).abs().mean()
+    mse = F.mse_loss(recon.float(), x)
+    return {"loss": l1 + mse, "l1": l1, "mse": mse}
 
 
 @torch.no_grad()
@@ -64,13 +86,17 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
     torch.manual_seed(recipe.seed)
     np_rng = np.random.default_rng(recipe.seed)
     vae = build(recipe)
+    part = trained_part(recipe)
+    if part == "decoder":
+        vae.encoder.requires_grad_(False)
+    loss_fn = decoder_loss if part == "decoder" else vae_loss
     trainable = Trainable(vae, make_optimizer(vae, recipe))
     run = Run(run_dir)
 
     def step_fn(step: int) -> dict:
         x, _ = data.image_batch(np_rng, recipe.batch)
         with autocast(recipe.bf16):
-            losses = vae_loss(vae, x)
+            losses = loss_fn(vae, x)
         grad = optimizer_step(trainable, losses["loss"], recipe, step)
         return {k: float(v.detach()) for k, v in losses.items()} | {"grad_norm": grad}
 
@@ -79,5 +105,6 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
         return {"psnr_db": round(held_out_psnr(vae), 3)}
 
     run_loop(run, trainable, recipe, np_rng, step_fn, evaluate, max_steps, max_minutes, eval_every)
-    vae.scaling_factor.fill_(fit_scaling_factor(vae))
+    if part == "all":  # a frozen encoder keeps the scaling factor the denoisers were trained with
+        vae.scaling_factor.fill_(fit_scaling_factor(vae))
     return vae, run

@@ -1,0 +1,63 @@
+"""How much of ShapesGenEval can a latent model pass at all through shapes-vae?
+
+A latent denoiser's image is the VAE decoder's output, so the judge's verdicts on VAE round trips
+(encode to the posterior mean, decode) of rendered ground truth bound what any denoiser on that
+VAE can score. For each image task: fresh renders (anti-aliased or not at random), the share the
+judge passes as rendered and after the round trip, and the round trips' PSNR.
+
+    python bench/bench_vae_ceiling.py [--weights-dir DIR] [--per-task N] [--seed S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lanterna.engines.shapes import load_vae  # noqa: E402
+from lanterna.training.data import from_pixels, psnr, to_pixels  # noqa: E402
+from lanterna.world import sampling  # noqa: E402
+from lanterna.world.judge import judge_batch  # noqa: E402
+
+
+@torch.no_grad()
+def round_trip(vae: torch.nn.Module, images: np.ndarray, chunk: int = 100) -> tuple[np.ndarray, float]:
+    pixels = to_pixels(images)
+    out = torch.cat([vae.decode_latents(vae.encode_latents(pixels[i:i + chunk], deterministic=True))
+                     for i in range(0, len(pixels), chunk)])
+    return from_pixels(out), psnr(pixels, out)
+
+
+def pass_rate(images: np.ndarray, scenes: list) -> float:
+    verdicts = judge_batch(images, [s.requirements for s in scenes])
+    return sum(v.passed for v in verdicts) / len(verdicts)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights-dir", type=Path, default=None)
+    p.add_argument("--per-task", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    vae = load_vae(directory=args.weights_dir)
+    rng = np.random.default_rng(args.seed)
+    tasks = {}
+    for task in sampling.IMAGE_TASKS:
+        images, _, scenes = sampling.sample_task(rng, task, args.per_task)
+        decoded, db = round_trip(vae, images)
+        tasks[task] = {"rendered": pass_rate(images, scenes), "round_trip": pass_rate(decoded, scenes),
+                       "psnr_db": round(db, 2)}
+    overall = {k: float(np.mean([t[k] for t in tasks.values()])) for k in ("rendered", "round_trip")}
+    print(json.dumps({"renders_per_task": args.per_task, "overall": overall, "tasks": tasks}))
+
+
+if __name__ == "__main__":
+    main()
