@@ -3,9 +3,10 @@
 A latent denoiser's image is the VAE decoder's output, so the judge's verdicts on VAE round trips
 (encode to the posterior mean, decode) of rendered ground truth bound what any denoiser on that
 VAE can score. For each image task: fresh renders (anti-aliased or not at random), the share the
-judge passes as rendered and after the round trip, and the round trips' PSNR.
+judge passes as rendered and after the round trip, and the round trips' PSNR. --record writes the
+result into shapes-vae's card as "judge_ceiling".
 
-    python bench/bench_vae_ceiling.py [--weights-dir DIR] [--per-task N] [--seed S]
+    python bench/bench_vae_ceiling.py [--weights-dir DIR] [--per-task N] [--seed S] [--record]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lanterna.engines import weights  # noqa: E402
 from lanterna.engines.shapes import load_vae  # noqa: E402
 from lanterna.training.data import from_pixels, psnr, to_pixels  # noqa: E402
 from lanterna.world import sampling  # noqa: E402
@@ -45,6 +47,7 @@ def main() -> None:
     p.add_argument("--per-task", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--record", action="store_true", help="write the result into shapes-vae's card")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     vae = load_vae(directory=args.weights_dir)
@@ -56,7 +59,11 @@ def main() -> None:
         tasks[task] = {"rendered": pass_rate(images, scenes), "round_trip": pass_rate(decoded, scenes),
                        "psnr_db": round(db, 2)}
     overall = {k: float(np.mean([t[k] for t in tasks.values()])) for k in ("rendered", "round_trip")}
-    print(json.dumps({"renders_per_task": args.per_task, "overall": overall, "tasks": tasks}))
+    result = {"renders_per_task": args.per_task, "seed": args.seed, "overall": overall, "tasks": tasks}
+    print(json.dumps(result))
+    if args.record:
+        card = weights.read_card("shapes-vae", args.weights_dir)
+        weights.write_card("shapes-vae", card | {"judge_ceiling": result}, args.weights_dir)
 
 
 if __name__ == "__main__":

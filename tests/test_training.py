@@ -142,6 +142,9 @@ def test_a_resume_without_cooldown_trains_at_the_full_lr(tmp_path, monkeypatch):
     assert main(["train", "vae", "--run-dir", str(run_dir), "--steps", "900"]) == 0
     assert seen[-1].cooldown == 0 and seen[-1].total_steps is None
     assert scheduled_lr(800, seen[-1]) == pytest.approx(1e-3)
+    monkeypatch.setattr(export, "export_vae", lambda *a, **k: None)
+    assert main(["train", "vae", "--run-dir", str(run_dir), "--export-only"]) == 0
+    assert (seen[-1].cooldown, seen[-1].total_steps) == (100, 500)  # the card records the run's schedule
 
 
 def test_cooldown_without_a_last_step_is_refused(tmp_path, capsys):

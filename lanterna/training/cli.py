@@ -88,9 +88,11 @@ def run_command(args: argparse.Namespace) -> int:
     if args.cooldown and args.steps is None:
         print("error: --cooldown needs --steps (the step the lr reaches 0)", file=sys.stderr)
         return 2
-    # A cooldown belongs to this invocation: a later resume without one trains at the full lr,
-    # not at the 0 an earlier cooldown ended on.
-    recipe.cooldown, recipe.total_steps = (args.cooldown, args.steps) if args.cooldown else (0, None)
+    # A cooldown belongs to the invocation that trains: a later resume without one trains at the
+    # full lr, not at the 0 an earlier cooldown ended on. Exporting only keeps the schedule the
+    # checkpoint was trained with, for the card.
+    if not args.export_only:
+        recipe.cooldown, recipe.total_steps = (args.cooldown, args.steps) if args.cooldown else (0, None)
     try:
         train_and_export(args, recipe, run_dir)
     except WeightsDoNotFit as error:
