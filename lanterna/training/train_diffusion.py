@@ -3,8 +3,8 @@
 Rectified flow (Liu et al. 2022; Esser et al. 2024): x_t = (1 - t) x0 + t eps, the net predicts
 the velocity eps - x0 (or x0 itself), t drawn logit-normally, which Esser et al. found best
 among the timestep samplers they compared. `extra.shift` moves both the training timesteps and the
-sampling schedule toward high noise by the same map (Esser et al. 2024, eq. 23), as SD3 trains and
-samples with one shift. The VAE and the CLIP text tower are frozen (as in
+sampling schedule (the card's `shift`) toward high noise by one map, the resolution shift of
+Esser et al. 2024 (eq. 23). The VAE and the CLIP text tower are frozen (as in
 latent diffusion); captions are dropped 10 % of the time so classifier-free guidance works.
 """
 
