@@ -200,6 +200,8 @@ def test_a_decoder_only_run_keeps_the_latent_space(tmp_path, monkeypatch):
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
     with pytest.raises(ValueError, match="part"):
         train_vae.trained_part(Recipe(model="vae", extra={"part": "encoder"}))
+    with pytest.raises(ValueError, match="--init-from"):
+        train_vae.trained_part(Recipe(model="vae", extra={"part": "decoder"}))
 
 
 def test_a_fresh_optimiser_on_continued_weights_warms_up_again():

@@ -34,6 +34,9 @@ def trained_part(recipe: Recipe) -> str:
     part = recipe.extra.get("part", "all")
     if part not in ("all", "decoder"):
         raise ValueError(f"part: must be 'all' or 'decoder', got {part!r}")
+    if part == "decoder" and not recipe.extra.get("init_from"):
+        raise ValueError("part 'decoder' tunes the decoder of exported weights: give --init-from "
+                         "(a frozen random encoder would make latents no denoiser was trained on)")
     return part
 
 
