@@ -3,8 +3,9 @@
 A latent denoiser's image is the VAE decoder's output, so the judge's verdicts on VAE round trips
 (encode to the posterior mean, decode) of rendered ground truth bound what any denoiser on that
 VAE can score. For each image task: fresh renders (anti-aliased or not at random), the share the
-judge passes as rendered and after the round trip, and the round trips' PSNR. --record writes the
-result into shapes-vae's card as "judge_ceiling".
+judge passes as rendered and after the round trip, the round trips' PSNR, and what failed in
+them (the kinds of failed checks, and the first few failures as the judge words them). --record
+writes the result into shapes-vae's card as "judge_ceiling".
 
     python bench/bench_vae_ceiling.py [--weights-dir DIR] [--per-task N] [--seed S] [--record]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -24,21 +26,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lanterna.engines import weights  # noqa: E402
 from lanterna.engines.shapes import load_vae  # noqa: E402
 from lanterna.training.data import from_pixels, psnr, to_pixels  # noqa: E402
+from lanterna.training.train_vae import reconstruct  # noqa: E402
 from lanterna.world import sampling  # noqa: E402
-from lanterna.world.judge import judge_batch  # noqa: E402
+from lanterna.world.judge import Verdict, judge_batch  # noqa: E402
+
+EXAMPLES = 3
 
 
-@torch.no_grad()
-def round_trip(vae: torch.nn.Module, images: np.ndarray, chunk: int = 100) -> tuple[np.ndarray, float]:
+def round_trip(vae: torch.nn.Module, images: np.ndarray) -> tuple[np.ndarray, float]:
     pixels = to_pixels(images)
-    out = torch.cat([vae.decode_latents(vae.encode_latents(pixels[i:i + chunk], deterministic=True))
-                     for i in range(0, len(pixels), chunk)])
+    out = reconstruct(vae, pixels)
     return from_pixels(out), psnr(pixels, out)
 
 
-def pass_rate(images: np.ndarray, scenes: list) -> float:
-    verdicts = judge_batch(images, [s.requirements for s in scenes])
+def pass_rate(verdicts: list[Verdict]) -> float:
     return sum(v.passed for v in verdicts) / len(verdicts)
+
+
+def failures(verdicts: list[Verdict]) -> dict:
+    kinds = Counter(c.kind for v in verdicts if not v.passed for c in v.checks if not c.passed)
+    examples = [f for v in verdicts if not v.passed for f in v.failures][:EXAMPLES]
+    return {"failed_checks": dict(kinds.most_common()), "examples": examples}
 
 
 def main() -> None:
@@ -56,8 +64,10 @@ def main() -> None:
     for task in sampling.IMAGE_TASKS:
         images, _, scenes = sampling.sample_task(rng, task, args.per_task)
         decoded, db = round_trip(vae, images)
-        tasks[task] = {"rendered": pass_rate(images, scenes), "round_trip": pass_rate(decoded, scenes),
-                       "psnr_db": round(db, 2)}
+        requirements = [s.requirements for s in scenes]
+        after = judge_batch(decoded, requirements)
+        tasks[task] = {"rendered": pass_rate(judge_batch(images, requirements)),
+                       "round_trip": pass_rate(after), "psnr_db": round(db, 2), **failures(after)}
     overall = {k: float(np.mean([t[k] for t in tasks.values()])) for k in ("rendered", "round_trip")}
     result = {"renders_per_task": args.per_task, "seed": args.seed, "overall": overall, "tasks": tasks}
     print(json.dumps(result))

@@ -40,11 +40,14 @@ def trained_part(recipe: Recipe) -> str:
     return part
 
 
+def reconstruction_terms(recon: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """L1 and MSE of a reconstruction."""
+    return (recon.float() - x).abs().mean(), F.mse_loss(recon.float(), x)
+
+
 def vae_loss(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator | None = None) -> dict:
     posterior = vae.encode(x)
-    recon = vae.decode(posterior.sample(generator=generator))
-    l1 = (recon.float() - x).abs().mean()
-    mse = F.mse_loss(recon.float(), x)
+    l1, mse = reconstruction_terms(vae.decode(posterior.sample(generator=generator)), x)
     kl = posterior.kl().mean()
     return {"loss": l1 + mse + KL_WEIGHT * kl, "l1": l1, "mse": mse, "kl": kl}
 
@@ -53,18 +56,21 @@ def decoder_loss(vae: AutoencoderKL, x: torch.Tensor) -> dict:
     """Reconstruction from the posterior mean, the latent the denoisers are trained to produce."""
     with torch.no_grad():
         z = vae.encode(x).mode()
-    recon = vae.decode(z)
-    l1 = (recon.float() - x).abs().mean()
-    mse = F.mse_loss(recon.float(), x)
+    l1, mse = reconstruction_terms(vae.decode(z), x)
     return {"loss": l1 + mse, "l1": l1, "mse": mse}
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Round trips through the posterior mean, as a denoiser's latents are decoded."""
+    return torch.cat([vae.decode(vae.encode(part).mode()) for part in x.split(chunk)])
 
 
 @torch.no_grad()
 def held_out_psnr(vae: AutoencoderKL, n: int | None = None) -> float:
     vae.eval()
     x, _ = data.image_batch(np.random.default_rng(EVAL_SEED), n or EVAL_IMAGES)
-    recon = torch.cat([vae.decode(vae.encode(chunk).mode()) for chunk in x.split(64)])
-    return data.psnr(recon, x)
+    return data.psnr(reconstruct(vae, x), x)
 
 
 @torch.no_grad()
@@ -72,7 +78,7 @@ def save_reconstructions(vae: AutoencoderKL, directory, step: int, n: int = 8) -
     """Held-out renders in the top row, their reconstructions below."""
     vae.eval()
     x, _ = data.image_batch(np.random.default_rng(EVAL_SEED), n)
-    recon = vae.decode(vae.encode(x).mode())
+    recon = reconstruct(vae, x)
     save_sheet(directory, step, [Image.fromarray(a) for a in data.from_pixels(torch.cat([x, recon]))], columns=n)
 
 
