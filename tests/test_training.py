@@ -155,6 +155,20 @@ def test_cooldown_without_a_last_step_is_refused(tmp_path, capsys):
     assert "--cooldown needs --steps" in capsys.readouterr().err
 
 
+def test_recipe_errors_are_one_line_cli_errors(tmp_path, capsys):
+    from lanterna.cli import main
+
+    run_dir = str(tmp_path / "vae")
+    assert main(["train", "vae", "--run-dir", run_dir, "--steps", "1", "--extra", '{"part": "decoder"}']) == 2
+    assert "give --init-from" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "vae", "--run-dir", run_dir, "--extra", "{part: 1}"])
+    assert exited.value.code == 2 and "not JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "vae", "--run-dir", run_dir, "--extra", "[1]"])
+    assert "JSON object" in capsys.readouterr().err
+
+
 def test_ema_tracks_the_model():
     model = torch.nn.Linear(2, 2)
     ema = EMA(model, decay=0.5)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from lanterna.training.common import Recipe, Run, WeightsDoNotFit, set_threads
+from lanterna.training.common import Recipe, RecipeError, Run, WeightsDoNotFit, set_threads
 
 log = logging.getLogger("lanterna.training")
 
@@ -44,7 +44,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                         "(also on a resumed run)")
     p.add_argument("--eval-every", type=int, default=2000)
     p.add_argument("--threads", type=int)
-    p.add_argument("--extra", default="{}", help="JSON of model-specific options "
+    p.add_argument("--extra", type=json_object, default={}, help="JSON of model-specific options "
                    '(e.g. {"prediction": "v", "net": {"depth": 8}})')
     p.add_argument("--export", action="store_true",
                    help="after training, write the weights and model card to the weights dir")
@@ -60,8 +60,18 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_command)
 
 
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"latents\": \"mean\"}'")
+    return value
+
+
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    extra = json.loads(args.extra)
+    extra = dict(args.extra)
     if args.model in ("dit", "unet", "video"):
         extra = {**DIFFUSION_EXTRA, **extra}
     return Recipe(
@@ -95,7 +105,7 @@ def run_command(args: argparse.Namespace) -> int:
         recipe.cooldown, recipe.total_steps = (args.cooldown, args.steps) if args.cooldown else (0, None)
     try:
         train_and_export(args, recipe, run_dir)
-    except WeightsDoNotFit as error:
+    except (WeightsDoNotFit, RecipeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     log.info("done: %s", asdict(recipe))

@@ -219,6 +219,10 @@ class WeightsDoNotFit(ValueError):
     """Exported weights that a run's net cannot start from."""
 
 
+class RecipeError(ValueError):
+    """A recipe option with a value the trainer cannot run (told to the user in one line)."""
+
+
 def load_widened(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load `state`, zero-filling where the model's tensors are larger (e.g. a text condition
     that gained channels): the widened model computes what the saved one did, then learns.

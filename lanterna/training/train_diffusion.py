@@ -24,7 +24,7 @@ from lanterna.engines.nets import build_net
 from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner, text_context_of
 from lanterna.engines.nets.vae import AutoencoderKL
 from lanterna.training import data
-from lanterna.training.common import EMA, Recipe, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
+from lanterna.training.common import RecipeError, EMA, Recipe, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
 
 log = logging.getLogger("lanterna.training.diffusion")
 
@@ -68,7 +68,7 @@ def latent_targets(recipe: Recipe) -> str:
     """
     latents = recipe.extra.get("latents", "sample")
     if latents not in ("sample", "mean"):
-        raise ValueError(f"latents: must be 'sample' or 'mean', got {latents!r}")
+        raise RecipeError(f"latents: must be 'sample' or 'mean', got {latents!r}")
     return latents
 
 

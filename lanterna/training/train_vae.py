@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lanterna.engines.nets.vae import VAE_SIZES, AutoencoderKL, VAEConfig
 from lanterna.training import data
 from lanterna.training.samples import save_sheet
-from lanterna.training.common import Recipe, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
+from lanterna.training.common import RecipeError, Recipe, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
 
 log = logging.getLogger("lanterna.training.vae")
 
@@ -33,9 +33,9 @@ def trained_part(recipe: Recipe) -> str:
     """
     part = recipe.extra.get("part", "all")
     if part not in ("all", "decoder"):
-        raise ValueError(f"part: must be 'all' or 'decoder', got {part!r}")
+        raise RecipeError(f"part: must be 'all' or 'decoder', got {part!r}")
     if part == "decoder" and not recipe.extra.get("init_from"):
-        raise ValueError("part 'decoder' tunes the decoder of exported weights: give --init-from "
+        raise RecipeError("part 'decoder' tunes the decoder of exported weights: give --init-from "
                          "(a frozen random encoder would make latents no denoiser was trained on)")
     return part
 
