@@ -42,3 +42,16 @@ def test_bundled_video_model_generates(name):
     assert len(frames) == engine.defaults.frames
     assert frames[0].size == (engine.defaults.width, engine.defaults.height)
     assert len({frame.tobytes() for frame in frames}) > 1  # a video, not one picture repeated
+
+
+def full_geneval(card: dict) -> float:
+    """The card's latest full ShapesGenEval (50 prompts x 4 images, best of 1) overall."""
+    runs = [b for b in card.get("benchmarks", []) if b.get("bench") == "geneval"
+            and (b.get("prompts_per_task"), b.get("images_per_prompt"), b.get("best_of")) == (50, 4, 1)]
+    return runs[-1]["overall"]
+
+
+def test_the_default_image_model_is_the_best_measured():
+    images = [n for n in BUNDLED if n in IMAGE_MODELS]
+    scores = {n: full_geneval(weights.read_card(n, weights.BUNDLED_DIR)) for n in images}
+    assert default_registry(weights.BUNDLED_DIR).default_image_model == max(scores, key=scores.get)

@@ -26,6 +26,11 @@ def test_registry_lists_installed_models(registry):
     assert not registry.is_loaded("shapes-dit")  # building an engine does not load weights
 
 
+def test_the_unet_is_the_default_image_model_when_installed(tmp_path):
+    both = default_registry(save_tiny_bundle(tmp_path, kinds=("dit", "unet")))
+    assert both.default_image_model == "shapes-unet" and set(both.names()) == {"shapes-dit", "shapes-unet"}
+
+
 def test_text_to_image_reproducible(registry):
     engine = registry.get("shapes-dit")
     req = GenerationRequest(task="t2i", prompt="a red circle", seeds=[11, 12])

@@ -11,7 +11,9 @@ from lanterna.engines.shapes import ShapesEngine, load_clip, load_vae
 
 log = logging.getLogger("lanterna.engines.bundled")
 
-IMAGE_MODELS = ("shapes-dit", "shapes-unet")
+# The first installed image model is the default: shapes-unet, which scores higher on
+# ShapesGenEval than shapes-dit after less training (BENCHMARKS.md).
+IMAGE_MODELS = ("shapes-unet", "shapes-dit")
 VIDEO_MODELS = ("shapes-video",)
 SCORER = "shapes-clip"
 
