@@ -155,6 +155,24 @@ def test_cooldown_without_a_last_step_is_refused(tmp_path, capsys):
     assert "--cooldown needs --steps" in capsys.readouterr().err
 
 
+def test_a_run_continued_from_weights_keeps_the_cards_options(tmp_path, monkeypatch):
+    from lanterna.cli import main
+    from lanterna.engines import weights
+
+    seen = []
+    monkeypatch.setattr(train_diffusion, "train", lambda run_dir, recipe, *a, **k: seen.append(recipe) or (None, None))
+    monkeypatch.setenv("LANTERNA_WEIGHTS_DIR", str(tmp_path / "w"))
+    weights.write_card("shapes-video", {"recipe": {"extra": {
+        "frames": 8, "size": 32, "latents": "sample", "init_from": "older"}}}, tmp_path / "w")
+    args = ["train", "video", "--init-from", "shapes-video", "--steps", "1"]
+    assert main([*args, "--run-dir", str(tmp_path / "a"), "--extra", '{"size": 48}']) == 0
+    extra = seen[-1].extra
+    assert (extra["frames"], extra["size"]) == (8, 48)  # the card's, unless --extra says otherwise
+    assert extra["latents"] == "mean" and extra["init_from"] == "shapes-video"  # new-run defaults win
+    assert main(["train", "video", "--run-dir", str(tmp_path / "b"), "--steps", "1"]) == 0
+    assert "frames" not in seen[-1].extra  # without --init-from nothing is carried
+
+
 def test_recipe_errors_are_one_line_cli_errors(tmp_path, capsys):
     from lanterna.cli import main
 

@@ -70,10 +70,27 @@ def json_object(text: str) -> dict:
     return value
 
 
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    extra = dict(args.extra)
+def card_extra(name: str) -> dict:
+    """The model-specific options exported weights were trained with ({} if there is no card).
+
+    A run continued from them keeps these (e.g. the video model's frames and canvas size) unless
+    --extra or the defaults for new runs say otherwise.
+    """
+    from lanterna.engines import weights
+
+    try:
+        card = weights.read_card(name)
+    except weights.MissingWeights:
+        return {}  # loading the weights will say what is missing
+    return {k: v for k, v in card.get("recipe", {}).get("extra", {}).items() if k != "init_from"}
+
+
+def recipe_from_args(args: argparse.Namespace, continued: dict | None = None) -> Recipe:
+    """The recipe: `continued` (a card's options), then the defaults for new runs, then --extra."""
+    extra = dict(continued or {})
     if args.model in ("dit", "unet", "video"):
-        extra = {**DIFFUSION_EXTRA, **extra}
+        extra.update(DIFFUSION_EXTRA)
+    extra.update(args.extra)
     return Recipe(
         model=args.model, size=args.size, batch=args.batch or DEFAULT_BATCH[args.model],
         lr=args.lr or DEFAULT_LR[args.model], warmup=args.warmup, seed=args.seed,
@@ -85,10 +102,11 @@ def run_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     set_threads(args.threads)
     run_dir = args.run_dir or Path("runs") / args.model
-    recipe = recipe_from_args(args)
+    run = Run(run_dir)
+    continued = card_extra(args.init_from) if args.init_from and not run.has_checkpoint() else None
+    recipe = recipe_from_args(args, continued)
     if args.init_from:
         recipe.extra["init_from"] = args.init_from
-    run = Run(run_dir)
     if run.has_checkpoint():
         saved = Recipe(**run.load()["recipe"])
         if (saved.size, saved.model) != (recipe.size, recipe.model):
