@@ -24,7 +24,7 @@ from lanterna.engines.nets import build_net
 from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner, text_context_of
 from lanterna.engines.nets.vae import AutoencoderKL
 from lanterna.training import data
-from lanterna.training.common import RecipeError, EMA, Recipe, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
+from lanterna.training.common import EMA, Recipe, RecipeError, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
 
 log = logging.getLogger("lanterna.training.diffusion")
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lanterna.engines.nets.vae import VAE_SIZES, AutoencoderKL, VAEConfig
 from lanterna.training import data
 from lanterna.training.samples import save_sheet
-from lanterna.training.common import RecipeError, Recipe, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
+from lanterna.training.common import Recipe, RecipeError, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
 
 log = logging.getLogger("lanterna.training.vae")
 
