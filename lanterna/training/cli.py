@@ -18,8 +18,9 @@ log = logging.getLogger("lanterna.training")
 DEFAULT_LR = {"vae": 1e-3, "clip": 5e-4, "dit": 5e-4, "unet": 5e-4, "video": 5e-4}
 DEFAULT_BATCH = {"vae": 32, "clip": 128, "dit": 64, "unet": 64, "video": 8}
 # New diffusion runs read the prompt through the words as well as the CLIP states, and learn the
-# VAE posterior means (see train_diffusion.latent_targets, nets.text.WordAwareText); a resumed
-# run keeps what its recipe says, and recipes from before these options trained without them.
+# VAE posterior means (see train_diffusion.latent_targets, nets.text.WordAwareText), also when
+# continued from weights whose card says otherwise; a resumed run keeps what its recipe says, and
+# recipes from before these options trained without them.
 DIFFUSION_EXTRA = {"latents": "mean", "text_context": "states+words"}
 MODEL_NAME = {"vae": "shapes-vae", "clip": "shapes-clip", "dit": "shapes-dit",
               "unet": "shapes-unet", "video": "shapes-video"}
@@ -103,11 +104,12 @@ def run_command(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     run_dir = args.run_dir or Path("runs") / args.model
     run = Run(run_dir)
-    continued = card_extra(args.init_from) if args.init_from and not run.has_checkpoint() else None
+    resuming = run.has_checkpoint()
+    continued = card_extra(args.init_from) if args.init_from and not resuming else None
     recipe = recipe_from_args(args, continued)
     if args.init_from:
         recipe.extra["init_from"] = args.init_from
-    if run.has_checkpoint():
+    if resuming:
         saved = Recipe(**run.load()["recipe"])
         if (saved.size, saved.model) != (recipe.size, recipe.model):
             print(f"error: {run_dir} holds a {saved.model}/{saved.size} run", file=sys.stderr)
