@@ -59,6 +59,39 @@ def test_clip_trains_and_exports(tmp_path, weights_dir):
     assert weights.has_weights("shapes-clip", weights_dir)
 
 
+def test_a_scorer_run_keeps_the_text_transformer_and_learns_from_near_misses(tmp_path, monkeypatch):
+    monkeypatch.setenv("LANTERNA_WEIGHTS_DIR", str(tmp_path / "w"))
+    monkeypatch.setattr(train_clip, "EVAL_PER_TASK", 8)
+    recipe = Recipe(model="clip", size="tiny", batch=8, lr=1e-3, warmup=1, bf16=False)
+    clip, run = train_clip.train(str(tmp_path / "a"), recipe, max_steps=1, max_minutes=None, eval_every=100)
+    export.export_clip(clip, run, recipe, tmp_path / "w")
+    before = {k: v.clone() for k, v in clip.state_dict().items()}
+    tuned = Recipe(model="clip", size="tiny", batch=8, lr=1e-2, warmup=1, bf16=False,
+                   extra={"init_from": "shapes-clip", "part": "scorer", "near_misses": True})
+    clip2, run2 = train_clip.train(str(tmp_path / "b"), tuned, max_steps=3, max_minutes=None, eval_every=3)
+    after = clip2.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("text."))
+    for tower in ("image.", "image_projection.", "text_projection."):
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(tower)), tower
+    near = run2.records("eval")[-1]["near_miss"]
+    assert set(near) == {"images", "captions"}
+    assert all(0 <= near[d][t] <= 1 for d in near for t in train_clip.IMAGE_TASKS + ("mean",))
+    with pytest.raises(ValueError, match="--init-from"):
+        train_clip.trained_part(Recipe(model="clip", extra={"part": "scorer"}))
+    with pytest.raises(ValueError, match="part"):
+        train_clip.trained_part(Recipe(model="clip", extra={"part": "text"}))
+
+
+def test_a_near_miss_batch_pairs_each_caption_with_a_false_one():
+    from lanterna.training import data
+    from lanterna.world.captions import parse_caption
+
+    pixels, captions = data.near_miss_batch(np.random.default_rng(3), 16)
+    assert pixels.shape == (16, 3, 64, 64) and len(captions) == 16
+    for right, miss in zip(captions[:8], captions[8:]):
+        assert parse_caption(right) != parse_caption(miss)
+
+
 def test_contrastive_loss_shares_targets_between_equal_captions():
     recipe = Recipe(model="clip", size="tiny")
     model = train_clip.build(recipe)

@@ -18,6 +18,7 @@ from lanterna.world import captions, sampling
 from lanterna.world.captions import caption_of, parse_caption, try_parse
 from lanterna.world.judge import judge, judge_batch, judge_detection, judge_video_detections
 from lanterna.world.layout import layout
+from lanterna.world.near_miss import EDITS, near_miss, near_miss_scene
 from lanterna.world.oracle import classify, detect, detect_batch, hull_area
 from lanterna.world.palette import (
     BACKGROUNDS,
@@ -30,7 +31,7 @@ from lanterna.world.palette import (
     SIZE_BANDS,
     Canvas,
 )
-from lanterna.world.render import coverage, render, render_video
+from lanterna.world.render import coverage, render, render_batch, render_video
 from lanterna.world.spec import (
     MOTIONS,
     PLACE_CELLS,
@@ -283,6 +284,48 @@ def test_novel_task_asks_only_the_held_out_compositions():
     rng = np.random.default_rng(8)
     _, texts, scenes = sampling.sample_task(rng, "novel", 300)
     assert {o.kind for s in scenes for o in s.requirements.objects} == set(HELD_OUT)
+
+
+@pytest.mark.parametrize("task", sampling.IMAGE_TASKS + ("place",))
+def test_a_near_miss_is_false_of_the_original_render_and_the_original_of_its_render(task):
+    rng = np.random.default_rng(11)
+    scenes = [sampling.sample_scene(rng, task) for _ in range(150)]
+    misses = [near_miss_scene(rng, s) for s in scenes]
+    originals, missed = render_batch(scenes), render_batch(misses)
+    assert not any(v.passed for v in judge_batch(originals, [m.requirements for m in misses]))
+    assert not any(v.passed for v in judge_batch(missed, [s.requirements for s in scenes]))
+    assert all(v.passed for v in judge_batch(missed, [m.requirements for m in misses]))
+    for scene, miss in zip(scenes, misses):
+        before = {o.kind for o in scene.requirements.objects}
+        assert not ({o.kind for o in miss.requirements.objects} - before) & HELD_OUT
+        if not miss.requirements.background:
+            assert miss.background == scene.background  # only the edited fact differs
+
+
+def changed_facts(req: Requirements, miss: Requirements) -> list[str]:
+    """What differs between two requirements, fact by fact ('swap': two colours exchanged)."""
+    facts = [name for name in ("relation", "background") if getattr(req, name) != getattr(miss, name)]
+    pairs = list(zip(req.objects, miss.objects))
+    if len(pairs) == 2 and all(a.colour != b.colour for a, b in pairs) \
+            and pairs[0][0].colour == pairs[1][1].colour and pairs[1][0].colour == pairs[0][1].colour:
+        return facts + ["swap"]
+    for a, b in pairs:
+        facts += [f for f in ("colour", "shape", "count", "size", "place") if getattr(a, f) != getattr(b, f)]
+    return facts
+
+
+def test_a_near_miss_changes_one_fact_and_every_kind_of_fact_gets_changed():
+    rng = np.random.default_rng(12)
+    changed = Counter()
+    for task in sampling.TRAINING_TASKS:
+        for _ in range(200):
+            req = sampling.sample_requirements(rng, task)
+            miss = near_miss(rng, req)
+            facts = changed_facts(req, miss)
+            assert len(facts) == 1 and len(miss.objects) == len(req.objects), (req, miss)
+            changed.update(facts)
+    assert set(changed) == {"relation", "background", "swap", "colour", "shape", "count", "size", "place"}
+    assert len(EDITS) == len(changed)
 
 
 def test_sample_batch_is_deterministic_and_fast():

@@ -6,6 +6,9 @@ import numpy as np
 import torch
 
 from lanterna.world import sampling
+from lanterna.world.captions import caption_of
+from lanterna.world.near_miss import near_miss_scene
+from lanterna.world.render import render_batch
 
 
 def to_pixels(images: np.ndarray) -> torch.Tensor:
@@ -24,6 +27,15 @@ def image_batch(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, list[st
     """A mixed batch over every image task, never showing a held-out composition."""
     images, captions, _ = sampling.sample_batch(rng, n)
     return to_pixels(images), captions
+
+
+def near_miss_batch(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, list[str]]:
+    """n // 2 training renders, then a render of a near miss of each (one fact changed)."""
+    images, captions, scenes = sampling.sample_batch(rng, n // 2)
+    misses = [near_miss_scene(rng, s) for s in scenes]
+    miss_images = render_batch(misses, sampling.antialias_flags(rng, len(misses), None))
+    miss_captions = [caption_of(s.requirements, rng) for s in misses]
+    return to_pixels(np.concatenate([images, miss_images])), captions + miss_captions
 
 
 def video_batch(

@@ -1,6 +1,10 @@
 """Train `shapes-clip`: contrastive text and image towers (Radford et al. 2021) on Shapes renders.
 
 Its text tower later conditions the diffusion models (frozen) and the pair is the default scorer.
+Options (`extra`): `near_misses: true` fills half of each batch with renders of near misses of the
+other half's captions (hard negatives: one fact changed); `part: "scorer"` continues exported
+weights with the text transformer frozen, so the denoisers conditioned on it stay valid while the
+image tower and both projections learn.
 """
 
 from __future__ import annotations
@@ -11,8 +15,11 @@ import torch.nn.functional as F
 
 from lanterna.engines.nets.text import CLIP_SIZES, ShapesCLIP, ShapesCLIPConfig, ShapesTokenizer
 from lanterna.training import data
-from lanterna.training.common import Recipe, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
+from lanterna.training.common import Recipe, RecipeError, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
 from lanterna.world import sampling
+from lanterna.world.captions import caption_of
+from lanterna.world.near_miss import near_miss_scene
+from lanterna.world.render import render_batch
 
 EVAL_SEED = 20_000
 EVAL_PER_TASK = 64
@@ -22,6 +29,16 @@ IMAGE_TASKS = ("single_object", "two_objects", "counting", "colors", "position",
 def build(recipe: Recipe) -> ShapesCLIP:
     config = dict(CLIP_SIZES[recipe.size], vocab_size=ShapesTokenizer().vocab_size)
     return ShapesCLIP(ShapesCLIPConfig(**config))
+
+
+def trained_part(recipe: Recipe) -> str:
+    """'all', or 'scorer': everything but the text transformer, which conditions the denoisers."""
+    part = recipe.extra.get("part", "all")
+    if part not in ("all", "scorer"):
+        raise RecipeError(f"part: must be 'all' or 'scorer', got {part!r}")
+    if part == "scorer" and not recipe.extra.get("init_from"):
+        raise RecipeError("part 'scorer' tunes exported weights around their text transformer: give --init-from")
+    return part
 
 
 def contrastive_loss(model: ShapesCLIP, pixels: torch.Tensor, ids: torch.Tensor,
@@ -60,17 +77,50 @@ def retrieval_accuracy(model: ShapesCLIP, tokenizer: ShapesTokenizer, per_task: 
     return scores
 
 
+@torch.no_grad()
+def near_miss_accuracy(model: ShapesCLIP, tokenizer: ShapesTokenizer, per_task: int | None = None
+                       ) -> dict[str, dict[str, float]]:
+    """For held-out renders and renders of a near miss of each (one fact changed):
+
+    `images`: how often a caption scores its own render above the near miss's render (the choice
+    best-of-N reranking makes); `captions`: how often a render scores its caption above the near
+    miss's caption.
+    """
+    model.eval()
+    per_task = per_task or 2 * EVAL_PER_TASK
+    rng = np.random.default_rng(EVAL_SEED + 1)
+    images_right, captions_right = {}, {}
+    for task in IMAGE_TASKS:
+        images, captions, scenes = sampling.sample_task(rng, task, per_task)
+        misses = [near_miss_scene(rng, s) for s in scenes]
+        miss_images = render_batch(misses, sampling.antialias_flags(rng, per_task, None))
+        miss_captions = [caption_of(s.requirements, rng) for s in misses]
+        img = F.normalize(model.encode_image(data.to_pixels(np.concatenate([images, miss_images]))).float(), dim=-1)
+        tokens = tokenizer.encode(captions + miss_captions)
+        txt = F.normalize(model.encode_text(tokens.ids, tokens.mask).float(), dim=-1)
+        own, miss_img, miss_txt = img[:per_task], img[per_task:], txt[per_task:]
+        right = (own * txt[:per_task]).sum(1)
+        images_right[task] = float((right > (miss_img * txt[:per_task]).sum(1)).float().mean())
+        captions_right[task] = float((right > (own * miss_txt).sum(1)).float().mean())
+    for scores in (images_right, captions_right):
+        scores["mean"] = float(np.mean([scores[t] for t in IMAGE_TASKS]))
+    return {"images": images_right, "captions": captions_right}
+
+
 def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: float | None,
           eval_every: int = 1000) -> tuple[ShapesCLIP, Run]:
     torch.manual_seed(recipe.seed)
     np_rng = np.random.default_rng(recipe.seed)
     model = build(recipe)
+    if trained_part(recipe) == "scorer":
+        model.text.requires_grad_(False)
+    batch_of = data.near_miss_batch if recipe.extra.get("near_misses") else data.image_batch
     tokenizer = ShapesTokenizer()
     trainable = Trainable(model, make_optimizer(model, recipe))
     run = Run(run_dir)
 
     def step_fn(step: int) -> dict:
-        pixels, captions = data.image_batch(np_rng, recipe.batch)
+        pixels, captions = batch_of(np_rng, recipe.batch)
         tokens = tokenizer.encode(captions)
         with autocast(recipe.bf16):
             loss = contrastive_loss(model, pixels, tokens.ids, tokens.mask, captions)
@@ -80,7 +130,7 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
         return {"loss": float(loss.detach()), "grad_norm": grad, "logit_scale": float(model.logit_scale.detach().exp())}
 
     def evaluate(step: int) -> dict:
-        return {"retrieval": retrieval_accuracy(model, tokenizer)}
+        return {"retrieval": retrieval_accuracy(model, tokenizer), "near_miss": near_miss_accuracy(model, tokenizer)}
 
     run_loop(run, trainable, recipe, np_rng, step_fn, evaluate, max_steps, max_minutes, eval_every)
     return model, run
