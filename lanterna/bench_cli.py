@@ -75,14 +75,18 @@ def runs_of_same_prompt(prompts: list[str], seeds: list[int]) -> list[tuple[str,
     return runs
 
 
+def candidate_seeds(seed: int, k: int) -> list[int]:
+    """A benchmark seed and k - 1 more far from every benchmark seed: best-of-k's candidates."""
+    return [seed + 1_000_003 * j for j in range(k)]
+
+
 def image_generator(engine: Engine, args: argparse.Namespace, scorer: Scorer | None,
                     best_of: int = 1, sampler: str | None = None,
                     steps: int | None = None) -> Callable[[list[str], list[int]], list[Image.Image]]:
     def generate(prompts: list[str], seeds: list[int]) -> list[Image.Image]:
         images = []
         for prompt, run_seeds in runs_of_same_prompt(prompts, seeds):
-            # Candidates k > 0 take seeds far from the benchmark's own seeds.
-            all_seeds = [s + 1_000_003 * k for s in run_seeds for k in range(best_of)]
+            all_seeds = [c for s in run_seeds for c in candidate_seeds(s, best_of)]
             result = engine.run(GenerationRequest(
                 task="t2i", prompt=prompt, seeds=all_seeds, steps=steps or args.steps,
                 guidance=args.guidance, sampler=sampler or args.sampler, backend=args.backend))

@@ -247,6 +247,14 @@ def test_continue_from_exported_weights(tmp_path, weights_dir):
     assert run2.load()["state"]["step"] == 3  # continued at 2, ran one more
     assert [e["step"] for e in run2.records("eval")][:1] == [2]  # the curve carried over
     assert run2.load()["recipe"]["warmup_start"] == 2
+    export.export_vae(vae2, run2, again, weights_dir)
+    card = weights.read_card("shapes-vae", weights_dir)
+    assert [line.split(" (")[0] for line in card["history"]] == ["steps 0-2", "steps 2-3"]
+    assert "continued from the exported shapes-vae" in card["history"][1] and "lr 0.001" in card["history"][1]
+    vae3, run3 = train_vae.train(str(tmp_path / "c"), again, max_steps=4, max_minutes=None, eval_every=100)
+    export.export_vae(vae3, run3, again, weights_dir)
+    card = weights.read_card("shapes-vae", weights_dir)
+    assert [line.split(" (")[0] for line in card["history"]] == ["steps 0-2", "steps 2-3", "steps 3-4"]
 
 
 def test_a_decoder_only_run_keeps_the_latent_space(tmp_path, monkeypatch):

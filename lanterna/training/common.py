@@ -267,6 +267,9 @@ def continue_from_weights(run: Run, trainable: Trainable, name: str) -> RunState
         load_widened(trainable.ema.model, state)
     for point in card.get("learning_curve", []):
         run.log({"kind": "eval", **point})
+    # The export of this run writes a fresh card: it carries the earlier stretches from here.
+    run.log({"kind": "continued", "step": card.get("steps", 0), "seconds": card.get("train_seconds", 0.0),
+             "history": card.get("history", []), "recipe": card.get("recipe", {})})
     log.info("continuing %s from exported weights at step %d", name, card.get("steps", 0))
     return RunState(step=card.get("steps", 0), seconds=card.get("train_seconds", 0.0))
 

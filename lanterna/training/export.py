@@ -31,9 +31,32 @@ def learning_curve(run: Run) -> list[dict[str, Any]]:
     return list(points.values())
 
 
+def schedule_text(recipe: dict[str, Any]) -> str:
+    """A recipe in one line: batch, lr schedule and options."""
+    text = f"batch {recipe.get('batch')}, lr {recipe.get('lr'):g}, warm-up {recipe.get('warmup')}"
+    if recipe.get("cooldown"):
+        text += f", cooled to 0 over the last {recipe['cooldown']:,}"
+    options = {k: v for k, v in recipe.get("extra", {}).items() if k != "init_from"}
+    return text + (f"; options {options}" if options else "")
+
+
+def history(run: Run, recipe: Recipe, state: dict[str, Any]) -> list[str]:
+    """When this run continued exported weights: their stretches of training, then this one's."""
+    continued = run.records("continued")
+    if not continued:
+        return []
+    start = continued[0]
+    earlier = start["history"] or [
+        f"steps 0-{start['step']:,} ({start['seconds'] / 60:.0f} min): {schedule_text(start['recipe'])}"]
+    minutes = (state["seconds"] - start["seconds"]) / 60
+    return [*earlier, f"steps {start['step']:,}-{state['step']:,} ({minutes:.0f} min): continued from the "
+                      f"exported {recipe.extra.get('init_from')}, fresh optimiser; {schedule_text(asdict(recipe))}"]
+
+
 def base_card(name: str, net: str, module: nn.Module, run: Run, recipe: Recipe) -> dict[str, Any]:
     state = run.load()["state"] if run.has_checkpoint() else {"step": 0, "seconds": 0.0}
     curve = learning_curve(run)
+    stretches = history(run, recipe, state)
     return {
         "name": name,
         "net": net,
@@ -47,6 +70,7 @@ def base_card(name: str, net: str, module: nn.Module, run: Run, recipe: Recipe) 
         "exported": dt.date.today().isoformat(),
         "metrics": curve[-1] if curve else {},
         "learning_curve": curve,
+        **({"history": stretches} if stretches else {}),
     }
 
 
