@@ -5,9 +5,11 @@ A latent denoiser's image is the VAE decoder's output, so the judge's verdicts o
 VAE can score. For each image task: fresh renders (anti-aliased or not at random), the share the
 judge passes as rendered and after the round trip, the round trips' PSNR, and what failed in
 them (the kinds of failed checks, and the first few failures as the judge words them). --record
-writes the result into shapes-vae's card as "judge_ceiling".
+writes the result into shapes-vae's card as "judge_ceiling". `--video F S` (repeatable) also round-trips motion
+videos of F frames of S x S, frame by frame as a video model's latents are decoded, and counts them
+as videoeval does (passed, motion, persistence).
 
-    python bench/bench_vae_ceiling.py [--weights-dir DIR] [--per-task N] [--seed S] [--record]
+    python bench/bench_vae_ceiling.py [--weights-dir DIR] [--per-task N] [--seed S] [--video F S] [--record]
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from lanterna.engines import weights  # noqa: E402
 from lanterna.engines.shapes import load_vae  # noqa: E402
 from lanterna.training.data import from_pixels, psnr, to_pixels  # noqa: E402
 from lanterna.training.train_vae import reconstruct  # noqa: E402
+from lanterna.evaluation.geneval import video_outcome  # noqa: E402
 from lanterna.world import sampling  # noqa: E402
-from lanterna.world.judge import Verdict, judge_batch  # noqa: E402
+from lanterna.world.judge import Verdict, judge, judge_batch  # noqa: E402
 
 EXAMPLES = 3
 
@@ -49,12 +52,28 @@ def failures(verdicts: list[Verdict]) -> dict:
     return {"failed_checks": dict(kinds.most_common()), "examples": examples}
 
 
+def video_rates(videos: np.ndarray, requirements: list) -> dict[str, float]:
+    outcomes = [video_outcome(judge(v, r)) for v, r in zip(videos, requirements)]
+    return {k: float(np.mean([o[k] for o in outcomes])) for k in ("passed", "motion", "persistence")}
+
+
+def video_ceiling(vae: torch.nn.Module, rng: np.random.Generator, n: int, frames: int, size: int) -> dict:
+    videos, _, scenes = sampling.sample_video_batch(rng, n, frames=frames, size=size)
+    decoded, db = round_trip(vae, videos.reshape(n * frames, size, size, 3))
+    requirements = [s.requirements for s in scenes]
+    return {"frames": frames, "size": size, "videos": n, "psnr_db": round(db, 2),
+            "rendered": video_rates(videos, requirements),
+            "round_trip": video_rates(decoded.reshape(videos.shape), requirements)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights-dir", type=Path, default=None)
     p.add_argument("--per-task", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--video", type=int, nargs=2, metavar=("FRAMES", "SIZE"), action="append",
+                   help="also motion videos of FRAMES frames of SIZE x SIZE (may be repeated)")
     p.add_argument("--record", action="store_true", help="write the result into shapes-vae's card")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -70,6 +89,8 @@ def main() -> None:
                        "round_trip": pass_rate(after), "psnr_db": round(db, 2), **failures(after)}
     overall = {k: float(np.mean([t[k] for t in tasks.values()])) for k in ("rendered", "round_trip")}
     result = {"renders_per_task": args.per_task, "seed": args.seed, "overall": overall, "tasks": tasks}
+    if args.video:
+        result["motion_videos"] = [video_ceiling(vae, rng, args.per_task, *fs) for fs in args.video]
     print(json.dumps(result))
     if args.record:
         card = weights.read_card("shapes-vae", args.weights_dir)

@@ -180,6 +180,13 @@ def clip_scorer(scorer) -> Callable[[list[Image.Image], list[str]], list[float]]
     return scorer.clip_scores if hasattr(scorer, "clip_scores") else scorer
 
 
+def video_outcome(verdict: Verdict) -> dict[str, bool]:
+    """A video's verdict as videoeval counts it: passed, motions all held, objects persisted."""
+    return {"passed": verdict.passed,
+            "motion": all(c.passed for c in verdict.checks if c.kind == "motion"),
+            "persistence": all(c.passed for c in verdict.checks if c.kind == "count")}
+
+
 def run_videoeval(generate_video: GenerateVideo, prompts_per_task: int = 50,
                   images_per_prompt: int = 4, tasks: Sequence[str] | None = None,
                   progress: Progress | None = None, scorer=None, batch: int = 4) -> dict:
@@ -199,10 +206,7 @@ def run_videoeval(generate_video: GenerateVideo, prompts_per_task: int = 50,
     for (prompt, _), video in zip(pairs, videos):
         frames = as_array_batch([as_uint8(f) for f in video])
         verdict = judge_video_detections(detect_batch(frames), prompt.requirements)
-        row = {"passed": verdict.passed,
-               "motion": all(c.passed for c in verdict.checks if c.kind == "motion"),
-               "persistence": all(c.passed for c in verdict.checks if c.kind == "count"),
-               "temporal_flicker": temporal_flicker(frames),
+        row = {**video_outcome(verdict), "temporal_flicker": temporal_flicker(frames),
                "failures": verdict.failures}
         if score_clip is not None:
             pil = [f if isinstance(f, Image.Image) else Image.fromarray(f) for f in video]
