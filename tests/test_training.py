@@ -349,3 +349,43 @@ def test_narrowing_word_aware_weights_is_a_clear_cli_error(tmp_path, components,
                  "--init-from", "shapes-dit", "--extra", '{"text_context": "states"}'])
     err = capsys.readouterr().err
     assert code == 2 and "shapes-dit cannot start this run" in err and "'states+words'" in err
+
+
+@pytest.mark.parametrize("kind", ["dit", "video_dit"])
+def test_a_resized_patch_net_computes_the_old_net_on_the_pooled_latent(kind):
+    from lanterna.engines.nets import NET_SIZES, build_net
+    from lanterna.training.patch_resize import resize_patches
+
+    torch.manual_seed(0)
+    config = dict(NET_SIZES[kind]["tiny"])
+    old = build_net(kind, config)
+    with torch.no_grad():  # trained-looking weights: the zero-initialised layers would hide a mistake
+        for p in old.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    new = build_net(kind, config | {"patch_size": 2 * config["patch_size"]})
+    new.load_state_dict(resize_patches(old.state_dict(), 2 * config["patch_size"]))
+    shape = (2, 4, 3, 16, 16) if kind == "video_dit" else (2, 4, 16, 16)
+    x, t = torch.randn(shape), torch.tensor([0.3, 0.8])
+    context, mask = torch.randn(2, 5, config["context_dim"]), torch.ones(2, 5, dtype=torch.bool)
+    pooled = torch.randn(2, config["context_dim"])
+    pool = torch.nn.AvgPool3d((1, 2, 2)) if kind == "video_dit" else torch.nn.AvgPool2d(2)
+    size = (3, 16, 16) if kind == "video_dit" else (16, 16)
+    expected = torch.nn.functional.interpolate(old(pool(x), t, context, mask, pooled), size=size, mode="nearest")
+    with torch.no_grad():
+        assert torch.allclose(new(x, t, context, mask, pooled), expected, atol=1e-5)
+
+
+def test_continuing_at_a_larger_patch_resizes_the_saved_patches(tmp_path, components):
+    weights_dir = components
+    small = Recipe(model="dit", size="tiny", batch=2, lr=1e-3, warmup=1, bf16=False, ema=0.9)
+    net, run = train_diffusion.train(str(tmp_path / "p2"), small, max_steps=1, max_minutes=None, eval_every=100)
+    export.export_denoiser(net, run, small, weights_dir)
+    large = Recipe(model="dit", size="tiny", batch=2, lr=1e-3, warmup=1, bf16=False, ema=0.9,
+                   extra={"net": {"patch_size": 4}, "init_from": "shapes-dit"})
+    net4, run4 = train_diffusion.train(str(tmp_path / "p4"), large, max_steps=1, max_minutes=None, eval_every=100)
+    assert net4.config.patch_size == 4 and run4.load()["state"]["step"] == 1  # continued at 1, nothing to train
+    kernel = net4.patch_embed.weight.detach()
+    assert torch.equal(kernel[..., 0::2, 0::2], kernel[..., 1::2, 1::2])  # each old weight over a 2x2 block
+    with pytest.raises(ValueError, match="not a multiple"):
+        train_diffusion.train(str(tmp_path / "p3"), Recipe(model="dit", size="tiny", batch=2, warmup=1, extra={
+            "net": {"patch_size": 3}, "init_from": "shapes-dit"}), max_steps=1, max_minutes=None, eval_every=100)

@@ -254,8 +254,13 @@ def continue_from_weights(run: Run, trainable: Trainable, name: str) -> RunState
     from lanterna.engines import weights
     from lanterna.engines.nets.text import text_context_of
 
+    from lanterna.training.patch_resize import resize_patches
+
     card = weights.read_card(name)
     state = weights.load_state(name)
+    patch = getattr(getattr(trainable.model, "config", None), "patch_size", None)
+    if patch is not None:
+        state = resize_patches(state, patch)
     try:
         load_widened(trainable.model, state)
     except WeightsDoNotFit as error:
