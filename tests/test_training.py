@@ -60,6 +60,8 @@ def test_clip_trains_and_exports(tmp_path, weights_dir):
 
 
 def test_a_scorer_run_keeps_the_text_transformer_and_learns_from_near_misses(tmp_path, monkeypatch):
+    from lanterna.engines.nets.text import ShapesTokenizer
+
     monkeypatch.setenv("LANTERNA_WEIGHTS_DIR", str(tmp_path / "w"))
     monkeypatch.setattr(train_clip, "EVAL_PER_TASK", 8)
     recipe = Recipe(model="clip", size="tiny", batch=8, lr=1e-3, warmup=1, bf16=False)
@@ -67,12 +69,24 @@ def test_a_scorer_run_keeps_the_text_transformer_and_learns_from_near_misses(tmp
     export.export_clip(clip, run, recipe, tmp_path / "w")
     before = {k: v.clone() for k, v in clip.state_dict().items()}
     tuned = Recipe(model="clip", size="tiny", batch=8, lr=1e-2, warmup=1, bf16=False,
-                   extra={"init_from": "shapes-clip", "part": "scorer", "near_misses": True})
+                   extra={"init_from": "shapes-clip", "part": "scorer", "near_misses": True,
+                          "net": {"score_layers": 1}})
+    start, _ = train_clip.train(str(tmp_path / "start"), tuned, max_steps=1, max_minutes=None, eval_every=100)
+    tokens = ShapesTokenizer().encode(["a red circle left of a blue square", "two green crosses"])
+    with torch.no_grad():  # the added scorer blocks start as the identity
+        assert torch.allclose(start.encode_text(tokens.ids, tokens.mask), clip.encode_text(tokens.ids, tokens.mask))
     clip2, run2 = train_clip.train(str(tmp_path / "b"), tuned, max_steps=3, max_minutes=None, eval_every=3)
     after = clip2.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("text."))
     for tower in ("image.", "image_projection.", "text_projection."):
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(tower)), tower
+    assert any(not torch.equal(start.state_dict()[k], v) for k, v in after.items() if k.startswith("score_blocks."))
+    export.export_clip(clip2, run2, tuned, tmp_path / "w")
+    from lanterna.engines.shapes import load_clip
+
+    with torch.no_grad():  # what the scorer loads reads the text through the trained blocks
+        assert torch.allclose(load_clip(directory=tmp_path / "w").encode_text(tokens.ids, tokens.mask),
+                              clip2.eval().encode_text(tokens.ids, tokens.mask), atol=1e-6)
     near = run2.records("eval")[-1]["near_miss"]
     assert set(near) == {"images", "captions"}
     assert all(0 <= near[d][t] <= 1 for d in near for t in train_clip.IMAGE_TASKS + ("mean",))

@@ -228,6 +228,9 @@ def load_widened(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     that gained channels): the widened model computes what the saved one did, then learns.
     """
     own = model.state_dict()
+    # Modules a net may add to saved weights keep their own start (documented where declared).
+    optional = getattr(model, "optional_prefixes", ())
+    state = state | {k: v for k, v in own.items() if k not in state and k.startswith(optional)}
     if set(own) != set(state):
         raise WeightsDoNotFit(f"weights do not fit the model: missing {sorted(set(own) - set(state))[:4]}, "
                          f"unexpected {sorted(set(state) - set(own))[:4]}")

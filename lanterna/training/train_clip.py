@@ -4,7 +4,8 @@ Its text tower later conditions the diffusion models (frozen) and the pair is th
 Options (`extra`): `near_misses: true` fills half of each batch with renders of near misses of the
 other half's captions (hard negatives: one fact changed); `part: "scorer"` continues exported
 weights with the text transformer frozen, so the denoisers conditioned on it stay valid while the
-image tower and both projections learn.
+image tower, both projections and any scorer-only text blocks (`net: {"score_layers": N}`, added
+as the identity) learn.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ IMAGE_TASKS = ("single_object", "two_objects", "counting", "colors", "position",
 
 
 def build(recipe: Recipe) -> ShapesCLIP:
-    config = dict(CLIP_SIZES[recipe.size], vocab_size=ShapesTokenizer().vocab_size)
+    config = dict(CLIP_SIZES[recipe.size], vocab_size=ShapesTokenizer().vocab_size) | recipe.extra.get("net", {})
     return ShapesCLIP(ShapesCLIPConfig(**config))
 
 

@@ -112,6 +112,7 @@ class ShapesCLIPConfig:
     image_heads: int = 6
     embed_dim: int = 128
     mlp_ratio: float = 4.0
+    score_layers: int = 0  # text blocks only the scorer reads (see ShapesCLIP)
 
 
 CLIP_SIZES: dict[str, dict] = {
@@ -206,6 +207,19 @@ class ShapesCLIP(nn.Module):
         self.text_projection = nn.Linear(config.text_width, config.embed_dim, bias=False)
         self.image_projection = nn.Linear(config.image_width, config.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        # The text tower conditions the denoisers, so it stays as they were trained on; these
+        # blocks on top of its states learn what scoring needs besides (word order, counts).
+        # Their output layers start at zero: added to exported weights, they start as the identity.
+        self.score_blocks = nn.ModuleList(
+            TransformerBlock(config.text_width, config.text_heads, config.mlp_ratio)
+            for _ in range(config.score_layers))
+        for block in self.score_blocks:
+            for layer in (block.attn.out, block.mlp.fc2):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    # Weights exported before the scorer blocks existed lack them; a run may add them.
+    optional_prefixes: tuple[str, ...] = ("score_blocks.",)
 
     @property
     def context_width(self) -> int:
@@ -217,7 +231,14 @@ class ShapesCLIP(nn.Module):
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """B x embed_dim in the joint space (not normalised)."""
-        return self.text_projection(self.text(ids, mask)[1])
+        states, pooled = self.text(ids, mask)
+        if len(self.score_blocks):
+            mask = mask.bool()
+            for block in self.score_blocks:
+                states = block(states, mask)
+            last = (mask.sum(1) - 1).clamp_min(0)
+            pooled = states[torch.arange(states.shape[0], device=states.device), last]
+        return self.text_projection(pooled)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """B x embed_dim in the joint space (not normalised)."""
