@@ -403,3 +403,18 @@ def test_continuing_at_a_larger_patch_resizes_the_saved_patches(tmp_path, compon
     with pytest.raises(ValueError, match="not a multiple"):
         train_diffusion.train(str(tmp_path / "p3"), Recipe(model="dit", size="tiny", batch=2, warmup=1, extra={
             "net": {"patch_size": 3}, "init_from": "shapes-dit"}), max_steps=1, max_minutes=None, eval_every=100)
+
+
+def test_a_task_mix_sets_what_the_image_batches_hold():
+    from lanterna.training import data
+    from lanterna.world.captions import parse_caption
+
+    mix = train_diffusion.training_mix(Recipe(model="unet", extra={"task_mix": {"position": 3, "counting": 1}}))
+    _, captions = data.image_batch(np.random.default_rng(0), 64, mix)
+    asked = [parse_caption(c) for c in captions]
+    relations = sum(r.relation is not None for r in asked)
+    assert relations + sum(r.objects[0].count > 1 for r in asked) == 64 and 32 < relations < 64
+    assert train_diffusion.training_mix(Recipe(model="unet")) is None
+    for bad in ({"novel": 1.0}, {"position": -1.0}, ["position"], {"position": "a lot"}):
+        with pytest.raises(ValueError, match="task_mix"):
+            train_diffusion.training_mix(Recipe(model="unet", extra={"task_mix": bad}))

@@ -23,9 +23,11 @@ def from_pixels(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def image_batch(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, list[str]]:
-    """A mixed batch over every image task, never showing a held-out composition."""
-    images, captions, _ = sampling.sample_batch(rng, n)
+def image_batch(rng: np.random.Generator, n: int,
+                task_mix: dict[str, float] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """A mixed batch over the image tasks (`task_mix`, default the training mix), never showing a
+    held-out composition."""
+    images, captions, _ = sampling.sample_batch(rng, n, task_mix)
     return to_pixels(images), captions
 
 

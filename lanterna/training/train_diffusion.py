@@ -6,6 +6,8 @@ among the timestep samplers they compared. `extra.shift` moves both the training
 sampling schedule (the card's `shift`) toward high noise by one map, the resolution shift of
 Esser et al. 2024 (eq. 23). The VAE and the CLIP text tower are frozen (as in
 latent diffusion); captions are dropped 10 % of the time so classifier-free guidance works.
+`extra.task_mix` sets each training task's share of an image batch, e.g. to weight the tasks a
+model fails most.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner, text_c
 from lanterna.engines.nets.vae import AutoencoderKL
 from lanterna.training import data
 from lanterna.training.common import EMA, Recipe, RecipeError, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
+from lanterna.world import sampling
 
 log = logging.getLogger("lanterna.training.diffusion")
 
@@ -72,6 +75,20 @@ def latent_targets(recipe: Recipe) -> str:
     return latents
 
 
+def training_mix(recipe: Recipe) -> dict[str, float] | None:
+    """`extra.task_mix`: each training task's share of an image batch (None: the world's default)."""
+    mix = recipe.extra.get("task_mix")
+    if mix is None:
+        return None
+    if not isinstance(mix, dict):
+        raise RecipeError(f"task_mix: must map task names to shares, got {mix!r}")
+    try:
+        sampling.mix_tasks(np.random.default_rng(0), 1, mix)
+    except (ValueError, TypeError) as error:
+        raise RecipeError(f"task_mix: {error}") from error
+    return mix
+
+
 @torch.no_grad()
 def encode_text(clip: nn.Module, tokenizer: ShapesTokenizer, captions: list[str],
                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,13 +128,14 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
     size = recipe.extra.get("size", 64)
     latents = latent_targets(recipe)
     shift = float(recipe.extra.get("shift", 1.0))
+    task_mix = training_mix(recipe)
 
     def step_fn(step: int) -> dict:
         if recipe.model == "video":
             videos, captions = data.video_batch(np_rng, recipe.batch, frames, size)
             z0 = encode_videos(vae, videos, latents)
         else:
-            pixels, captions = data.image_batch(np_rng, recipe.batch)
+            pixels, captions = data.image_batch(np_rng, recipe.batch, task_mix)
             z0 = encode_images(vae, pixels, latents)
         context, mask, pooled = encode_text(clip, tokenizer, captions, np_rng)
         with autocast(recipe.bf16):

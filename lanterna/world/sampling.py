@@ -155,6 +155,8 @@ def mix_tasks(rng: np.random.Generator, n: int, task_mix: Mapping[str, float] | 
             raise ValueError(f"training mixes only {', '.join(TRAINING_TASKS)}, not {task!r} "
                              "(novel is held out for evaluation; motion is video)")
     names = list(mix)
+    if not all(isinstance(w, (int, float)) and w >= 0 for w in mix.values()) or not sum(mix.values()) > 0:
+        raise ValueError(f"a task mix's shares are numbers >= 0, not all 0; got {mix}")
     weights = np.asarray([mix[t] for t in names], np.float64)
     picks = rng.choice(len(names), size=n, p=weights / weights.sum())
     return [names[i] for i in picks]
