@@ -40,14 +40,22 @@ def schedule_text(recipe: dict[str, Any]) -> str:
     return text + (f"; options {options}" if options else "")
 
 
+def recorded_stretch(start: dict[str, Any]) -> list[str]:
+    """What a card without a history says of its training: its recipe, from the step it began at."""
+    recipe = start["recipe"]
+    first = recipe.get("warmup_start", 0)
+    if not first:
+        return [f"steps 0-{start['step']:,} ({start['seconds'] / 60:.0f} min): {schedule_text(recipe)}"]
+    return [f"steps 0-{first:,}: not in the card", f"steps {first:,}-{start['step']:,}: {schedule_text(recipe)}"]
+
+
 def history(run: Run, recipe: Recipe, state: dict[str, Any]) -> list[str]:
     """When this run continued exported weights: their stretches of training, then this one's."""
     continued = run.records("continued")
     if not continued:
         return []
     start = continued[0]
-    earlier = start["history"] or [
-        f"steps 0-{start['step']:,} ({start['seconds'] / 60:.0f} min): {schedule_text(start['recipe'])}"]
+    earlier = start["history"] or recorded_stretch(start)
     minutes = (state["seconds"] - start["seconds"]) / 60
     return [*earlier, f"steps {start['step']:,}-{state['step']:,} ({minutes:.0f} min): continued from the "
                       f"exported {recipe.extra.get('init_from')}, fresh optimiser; {schedule_text(asdict(recipe))}"]
