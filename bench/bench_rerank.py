@@ -3,8 +3,10 @@
 For ShapesGenEval's prompts (one benchmark seed each, as `lanterna bench geneval --best-of K
 --images-per-prompt 1`), generates the K candidates once, judges every one, and reports per task:
 `first` (best-of-1: the benchmark seed's image), `any` (some candidate passes: what a perfect
-scorer would reach) and, for each scorer, the pass rate of the candidate it scores highest. Every
-scorer ranks the same images, so their difference is free of the generator's sampling noise.
+scorer would reach) and, for each scorer, the pass rate of the candidate it scores highest, with
+the prompts it turns from failed to passed and back against best-of-1 (`gained`, `lost`: the
+discordant pairs a paired test of the difference rests on). Every scorer ranks the same images,
+so their difference is free of the generator's sampling noise.
 A scorer is a directory holding `shapes-clip` weights.
 
     python bench/bench_rerank.py --model shapes-dit --scorers DIR [DIR ...] [--k 4]
@@ -44,6 +46,11 @@ def rates(passed: dict[str, list[bool]]) -> dict[str, float]:
     return out
 
 
+def swaps(first: dict[str, list[bool]], picked: dict[str, list[bool]], gained: bool) -> int:
+    """Prompts whose verdict the reranking changed: failed to passed (gained) or passed to failed."""
+    return sum(p == gained and f != gained for task in first for f, p in zip(first[task], picked[task]))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="shapes-dit")
@@ -75,6 +82,8 @@ def main() -> int:
               "prompts_per_task": args.prompts_per_task, "backend": args.backend,
               "first": rates(first), "any": rates(any_),
               "picked": {name: rates(v) for name, v in picked.items()},
+              "gained": {name: swaps(first, v, True) for name, v in picked.items()},
+              "lost": {name: swaps(first, v, False) for name, v in picked.items()},
               "seconds": round(time.perf_counter() - start, 1)}
     print(json.dumps(report, indent=2))
     return 0
