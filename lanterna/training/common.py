@@ -256,7 +256,6 @@ def continue_from_weights(run: Run, trainable: Trainable, name: str) -> RunState
     """
     from lanterna.engines import weights
     from lanterna.engines.nets.text import text_context_of
-
     from lanterna.training.patch_resize import resize_patches
 
     card = weights.read_card(name)
