@@ -223,6 +223,16 @@ class RecipeError(ValueError):
     """A recipe option with a value the trainer cannot run (told to the user in one line)."""
 
 
+def tuned_part(recipe: Recipe, tuned: str, what: str) -> str:
+    """`extra.part`: 'all', or `tuned`, a run that tunes `what` of exported weights (needs --init-from)."""
+    part = recipe.extra.get("part", "all")
+    if part not in ("all", tuned):
+        raise RecipeError(f"part: must be 'all' or {tuned!r}, got {part!r}")
+    if part == tuned and not recipe.extra.get("init_from"):
+        raise RecipeError(f"part {tuned!r} tunes {what}: give --init-from")
+    return part
+
+
 def load_widened(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load `state`, zero-filling where the model's tensors are larger (e.g. a text condition
     that gained channels): the widened model computes what the saved one did, then learns.

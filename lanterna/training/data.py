@@ -6,9 +6,7 @@ import numpy as np
 import torch
 
 from lanterna.world import sampling
-from lanterna.world.captions import caption_of
-from lanterna.world.near_miss import near_miss_scene
-from lanterna.world.render import render_batch
+from lanterna.world.near_miss import near_miss_renders
 
 
 def to_pixels(images: np.ndarray) -> torch.Tensor:
@@ -34,9 +32,7 @@ def image_batch(rng: np.random.Generator, n: int,
 def near_miss_batch(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, list[str]]:
     """n // 2 training renders, then a render of a near miss of each (one fact changed)."""
     images, captions, scenes = sampling.sample_batch(rng, n // 2)
-    misses = [near_miss_scene(rng, s) for s in scenes]
-    miss_images = render_batch(misses, sampling.antialias_flags(rng, len(misses), None))
-    miss_captions = [caption_of(s.requirements, rng) for s in misses]
+    miss_images, miss_captions = near_miss_renders(rng, scenes)
     return to_pixels(np.concatenate([images, miss_images])), captions + miss_captions
 
 

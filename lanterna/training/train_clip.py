@@ -16,11 +16,9 @@ import torch.nn.functional as F
 
 from lanterna.engines.nets.text import CLIP_SIZES, ShapesCLIP, ShapesCLIPConfig, ShapesTokenizer
 from lanterna.training import data
-from lanterna.training.common import Recipe, RecipeError, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
+from lanterna.training.common import Recipe, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop, tuned_part
 from lanterna.world import sampling
-from lanterna.world.captions import caption_of
-from lanterna.world.near_miss import near_miss_scene
-from lanterna.world.render import render_batch
+from lanterna.world.near_miss import near_miss_renders
 
 EVAL_SEED = 20_000
 EVAL_PER_TASK = 64
@@ -34,12 +32,7 @@ def build(recipe: Recipe) -> ShapesCLIP:
 
 def trained_part(recipe: Recipe) -> str:
     """'all', or 'scorer': everything but the text transformer, which conditions the denoisers."""
-    part = recipe.extra.get("part", "all")
-    if part not in ("all", "scorer"):
-        raise RecipeError(f"part: must be 'all' or 'scorer', got {part!r}")
-    if part == "scorer" and not recipe.extra.get("init_from"):
-        raise RecipeError("part 'scorer' tunes exported weights around their text transformer: give --init-from")
-    return part
+    return tuned_part(recipe, "scorer", "exported weights around their text transformer")
 
 
 def contrastive_loss(model: ShapesCLIP, pixels: torch.Tensor, ids: torch.Tensor,
@@ -93,9 +86,7 @@ def near_miss_accuracy(model: ShapesCLIP, tokenizer: ShapesTokenizer, per_task: 
     images_right, captions_right = {}, {}
     for task in IMAGE_TASKS:
         images, captions, scenes = sampling.sample_task(rng, task, per_task)
-        misses = [near_miss_scene(rng, s) for s in scenes]
-        miss_images = render_batch(misses, sampling.antialias_flags(rng, per_task, None))
-        miss_captions = [caption_of(s.requirements, rng) for s in misses]
+        miss_images, miss_captions = near_miss_renders(rng, scenes)
         img = F.normalize(model.encode_image(data.to_pixels(np.concatenate([images, miss_images]))).float(), dim=-1)
         tokens = tokenizer.encode(captions + miss_captions)
         txt = F.normalize(model.encode_text(tokens.ids, tokens.mask).float(), dim=-1)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lanterna.engines.nets.vae import VAE_SIZES, AutoencoderKL, VAEConfig
 from lanterna.training import data
 from lanterna.training.samples import save_sheet
-from lanterna.training.common import Recipe, RecipeError, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
+from lanterna.training.common import Recipe, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop, tuned_part
 
 log = logging.getLogger("lanterna.training.vae")
 
@@ -31,13 +31,8 @@ def trained_part(recipe: Recipe) -> str:
     A decoder-only run sharpens what every denoiser trained on this VAE's latents draws,
     without retraining them.
     """
-    part = recipe.extra.get("part", "all")
-    if part not in ("all", "decoder"):
-        raise RecipeError(f"part: must be 'all' or 'decoder', got {part!r}")
-    if part == "decoder" and not recipe.extra.get("init_from"):
-        raise RecipeError("part 'decoder' tunes the decoder of exported weights: give --init-from "
-                         "(a frozen random encoder would make latents no denoiser was trained on)")
-    return part
+    return tuned_part(recipe, "decoder", "the decoder of exported weights (a frozen random encoder "
+                      "would make latents no denoiser was trained on)")
 
 
 def reconstruction_terms(recon: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,8 +14,11 @@ from dataclasses import replace
 
 import numpy as np
 
+from lanterna.world.captions import caption_of
 from lanterna.world.layout import layout
 from lanterna.world.palette import BACKGROUNDS, COLOURS, MAX_OBJECTS, SHAPES, TRAINING_PAIRS
+from lanterna.world.render import render_batch
+from lanterna.world.sampling import antialias_flags
 from lanterna.world.spec import PLACE_CELLS, ObjectRequirement, Requirements, Scene
 
 OPPOSITE: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
@@ -132,3 +135,10 @@ def near_miss_scene(rng: np.random.Generator, scene: Scene) -> Scene:
     """A scene of a near miss of `scene`'s requirements, on the same background unless that is the edit."""
     miss = near_miss(rng, scene.requirements)
     return layout(rng, miss, scene.canvas, background=miss.background or scene.background, task=scene.task)
+
+
+def near_miss_renders(rng: np.random.Generator, scenes: list[Scene]) -> tuple[np.ndarray, list[str]]:
+    """A render and a caption of a near miss of each scene (uint8 N x H x W x 3, captions)."""
+    misses = [near_miss_scene(rng, s) for s in scenes]
+    images = render_batch(misses, antialias_flags(rng, len(misses), None))
+    return images, [caption_of(s.requirements, rng) for s in misses]

@@ -141,6 +141,12 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def at_last_token(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """B x L x W states -> B x W at each sequence's last real token (the pooled text)."""
+    last = (mask.sum(1) - 1).clamp_min(0)
+    return states[torch.arange(states.shape[0], device=states.device), last]
+
+
 class TextTransformer(nn.Module):
     def __init__(self, config: ShapesCLIPConfig) -> None:
         super().__init__()
@@ -163,9 +169,7 @@ class TextTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         x = self.norm(x) * mask[..., None]
-        last = (mask.sum(1) - 1).clamp_min(0)
-        pooled = x[torch.arange(x.shape[0], device=x.device), last]
-        return x, pooled
+        return x, at_last_token(x, mask)
 
 
 class ImageTransformer(nn.Module):
@@ -236,8 +240,7 @@ class ShapesCLIP(nn.Module):
             mask = mask.bool()
             for block in self.score_blocks:
                 states = block(states, mask)
-            last = (mask.sum(1) - 1).clamp_min(0)
-            pooled = states[torch.arange(states.shape[0], device=states.device), last]
+            pooled = at_last_token(states, mask)
         return self.text_projection(pooled)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
