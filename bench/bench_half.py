@@ -4,7 +4,7 @@ For each model in the weights folder, the model's own metric with its fp32 weigh
 same weights rounded through fp16 (the loader computes in fp32 either way, so rounding is the
 only difference):
 - shapes-vae: reconstruction PSNR on the held-out renders;
-- shapes-clip: zero-shot retrieval accuracy on the held-out renders;
+- shapes-clip: zero-shot retrieval and near-miss accuracy on the held-out renders;
 - denoisers: images (videos, for a video model: every frame) for the first prompts of every
   ShapesGenEval task at fixed seeds (20 steps DPM-Solver++, the card's guidance): the largest
   per-pixel difference and whether the judge's verdicts change.
@@ -54,12 +54,18 @@ def check_vae(directory: Path | None) -> dict:
     return {"metric": "held-out PSNR (dB)", "fp32": round(full, 3), "fp16": round(half, 3)}
 
 
+def clip_scores(model: nn.Module, tokenizer: ShapesTokenizer) -> dict:
+    near_miss = train_clip.near_miss_accuracy(model, tokenizer)
+    return {"retrieval": train_clip.retrieval_accuracy(model, tokenizer)["mean"],
+            "near_miss_images": near_miss["images"]["mean"], "near_miss_captions": near_miss["captions"]["mean"]}
+
+
 def check_clip(directory: Path | None) -> dict:
     tokenizer = ShapesTokenizer()
-    full = train_clip.retrieval_accuracy(load_clip(directory=directory), tokenizer)
-    half = train_clip.retrieval_accuracy(rounded_through_fp16(load_clip(directory=directory)), tokenizer)
-    return {"metric": "retrieval accuracy (mean)", "fp32": round(full["mean"], 4),
-            "fp16": round(half["mean"], 4), "per_task_equal": full == half}
+    full = clip_scores(load_clip(directory=directory), tokenizer)
+    half = clip_scores(rounded_through_fp16(load_clip(directory=directory)), tokenizer)
+    return {"metric": "retrieval and near-miss accuracy (means)", "fp32": full, "fp16": half,
+            "equal": full == half}
 
 
 def sample(name: str, card: dict, directory: Path | None, half: bool, prompts_per_task: int) -> tuple[list, list]:
