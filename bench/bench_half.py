@@ -8,9 +8,12 @@ only difference):
 - denoisers: images (videos, for a video model: every frame) for the first prompts of every
   ShapesGenEval task at fixed seeds (20 steps DPM-Solver++, the card's guidance): the largest
   per-pixel difference and whether the judge's verdicts change.
-Prints one JSON line per model; --record also writes it to the model card as "fp16_check".
+Prints one JSON line per model; --record also writes it to the model card as "fp16_check", and
+--record-into DIR to the card of the same model in DIR (the fp16 export of the same run, e.g. the
+bundled folder, when the check ran on an fp32 export; the two cards must be of the same step and training time).
 
-    python bench/bench_half.py [--weights-dir DIR] [--models NAME ...] [--prompts-per-task N] [--record]
+    python bench/bench_half.py [--weights-dir DIR] [--models NAME ...] [--prompts-per-task N]
+                               [--record] [--record-into DIR]
 """
 
 from __future__ import annotations
@@ -109,6 +112,8 @@ def main() -> int:
     parser.add_argument("--prompts-per-task", type=int, default=5)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--record", action="store_true", help="write each result into its model card")
+    parser.add_argument("--record-into", type=Path, metavar="DIR",
+                        help="also write it into the card of the same model (same step and training time) in DIR")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,10 +129,22 @@ def main() -> int:
             row = check_denoiser(name, args.weights_dir, args.prompts_per_task)
         print(json.dumps({"model": name, **row}), flush=True)
         if args.record:
-            card = weights.read_card(name, args.weights_dir)
-            card["fp16_check"] = row
-            weights.write_card(name, card, args.weights_dir)
+            record(name, row, args.weights_dir)
+        if args.record_into:
+            record(name, row, args.record_into, same_as=args.weights_dir)
     return 0
+
+
+def record(name: str, row: dict, directory: Path | None, same_as: Path | None = None) -> None:
+    card = weights.read_card(name, directory)
+    if same_as is not None:
+        checked = weights.read_card(name, same_as)
+        mark = ("steps", "train_seconds")
+        if [card.get(k) for k in mark] != [checked.get(k) for k in mark]:
+            raise SystemExit(f"error: {name} in {directory} is of step {card.get('steps')}, the checked "
+                             f"weights of step {checked.get('steps')}: not the same run's export")
+    card["fp16_check"] = row
+    weights.write_card(name, card, directory)
 
 
 if __name__ == "__main__":

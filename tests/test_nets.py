@@ -401,6 +401,30 @@ def test_word_aware_text_keeps_the_states_and_adds_distinct_words():
         text_conditioner(clip, "words")
 
 
+
+def test_order_context_tells_swapped_objects_apart_where_the_words_cannot():
+    clip = tiny("clip")
+    with torch.no_grad():
+        clip.text.position_embedding.normal_()
+    words, ordered = text_conditioner(clip, "states+words"), text_conditioner(clip, "states+words+order")
+    tokens = ShapesTokenizer().encode(["a red circle to the left of a blue square",
+                                       "a blue square to the left of a red circle"])
+    w = clip.config.text_width
+    with torch.no_grad():
+        two, pooled2 = words.encode_text_tokens(tokens.ids, tokens.mask)
+        three, pooled3 = ordered.encode_text_tokens(tokens.ids, tokens.mask)
+    assert ordered.context_width == 3 * w and three.shape[-1] == 3 * w
+    assert torch.equal(three[..., :2 * w], two) and torch.equal(pooled3[:, :2 * w], pooled2)
+    assert not three[..., 2 * w:][~tokens.mask].any()  # padding stays zero
+
+    def rows(context, i):  # what cross-attention sees: the set of real tokens, in any order
+        return sorted(map(tuple, context[i][tokens.mask[i]].tolist()))
+
+    assert rows(two[..., w:], 0) == rows(two[..., w:], 1)  # the words alone: the same bag
+    assert rows(three[..., w:], 0) != rows(three[..., w:], 1)  # word beside position: not
+    assert torch.allclose(three[..., 2 * w:][tokens.mask].pow(2).mean(-1), torch.ones(int(tokens.mask.sum())),
+                          atol=1e-2)
+
 @pytest.mark.parametrize("kind", DENOISERS)
 def test_weights_widened_to_word_aware_context_compute_the_same(kind):
     from lanterna.training.common import load_widened
