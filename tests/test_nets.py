@@ -441,22 +441,3 @@ def test_weights_widened_to_word_aware_context_compute_the_same(kind):
     assert torch.allclose(before, after, atol=1e-6)
     with pytest.raises(ValueError, match="does not fit"):
         load_widened(narrow, wide.state_dict())
-
-
-def test_unet_grown_with_attention_at_more_levels_computes_the_same_then_learns():
-    from lanterna.training.common import WeightsDoNotFit, load_widened
-
-    config = NET_SIZES["unet"]["tiny"]
-    saved = randomize_zero_init(tiny("unet"))
-    grown = build_net("unet", {**config, "attention_levels": [True] * len(config["channels"])})
-    load_widened(grown, saved.state_dict())
-    new = [k for k in grown.state_dict() if k not in saved.state_dict()]
-    assert new and all(".attn." in k for k in new)
-    x, t, context, mask, pooled = denoiser_inputs("unet")
-    with torch.no_grad():
-        assert torch.allclose(saved(x, t, context, mask, pooled), grown(x, t, context, mask, pooled), atol=1e-6)
-    grown(x, t, context, mask, pooled).pow(2).mean().backward()
-    assert all(grown.get_parameter(k).grad.abs().sum() > 0 for k in new if k.endswith("proj_out.weight"))
-    truncated = {k: v for k, v in saved.state_dict().items() if not k.startswith("conv_out.")}
-    with pytest.raises(WeightsDoNotFit, match="missing"):
-        load_widened(grown, truncated)

@@ -175,14 +175,6 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     @property
-    def optional_prefixes(self) -> tuple[str, ...]:
-        # A run may give a trained U-Net attention at more levels: weights saved without those
-        # blocks start them as the identity (proj_out is zero), so the grown net computes what
-        # the saved one did, then learns.
-        return tuple(f"{name}.attn." for name, module in self.named_modules()
-                     if isinstance(module, Stage) and module.attn is not None)
-
-    @property
     def downsampling(self) -> int:
         return 2 ** (len(self.config.channels) - 1)
 
