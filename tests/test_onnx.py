@@ -235,8 +235,9 @@ def test_export_cli_reports_the_cached_export(dit, capsys):
     assert main(["export-onnx", "no-such-model", "--weights-dir", str(engine.directory)]) == 2
 
 
-def test_word_aware_model_runs_on_onnx_as_on_torch(tmp_path, cache):
-    directory = save_tiny_bundle(tmp_path / "weights", kinds=("dit",), text_context="states+words")
+@pytest.mark.parametrize("text_context", ["states+words", "states+words+order"])
+def test_word_aware_model_runs_on_onnx_as_on_torch(tmp_path, cache, text_context):
+    directory = save_tiny_bundle(tmp_path / "weights", kinds=("dit",), text_context=text_context)
     engine = ShapesEngine("shapes-dit", directory)
     out_dir, manifest = onnx_backend.export_model(engine)
     for part, spec in onnx_backend.graph_specs(engine).items():

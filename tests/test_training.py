@@ -332,6 +332,12 @@ def test_word_aware_run_widens_narrow_weights_and_its_card_says_so(tmp_path, com
     assert run.load()["state"]["step"] == 2 and net.config.context_dim == 2 * narrow_net.config.context_dim
     export.export_denoiser(net, run, wide, weights_dir)
     assert weights.read_card("shapes-dit", weights_dir)["text_context"] == "states+words"
+    ordered = Recipe(model="dit", size="tiny", batch=2, lr=1e-3, warmup=1, bf16=False, ema=0.9,
+                     extra={"text_context": "states+words+order", "latents": "mean", "init_from": "shapes-dit"})
+    net, run = train_diffusion.train(str(tmp_path / "ordered"), ordered, max_steps=1, max_minutes=None, eval_every=100)
+    assert net.config.context_dim == 3 * narrow_net.config.context_dim
+    export.export_denoiser(net, run, ordered, weights_dir)
+    assert weights.read_card("shapes-dit", weights_dir)["text_context"] == "states+words+order"
     out = ShapesEngine("shapes-dit", weights_dir).run(
         GenerationRequest(task="t2i", prompt="a red circle", seeds=[1], steps=2))
     assert out.images[0].size == (64, 64)
