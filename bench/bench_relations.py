@@ -6,7 +6,9 @@ each image falls in one class:
 - relation right: both objects, on the asked side (the judge passes it);
 - relation reversed: both objects, on the opposite side;
 - too close: both objects, on the asked side by less than the judge's margin.
-"right given both found" near 0.5 says the model draws the pair but not the relation.
+"right given both found" near 0.5 says the model draws the pair but not the relation; the same
+by relation word shows a side the model prefers whatever is asked. (Images of one prompt are not
+independent: the standard error printed treats them as if they were.)
 
     python bench/bench_relations.py --model shapes-unet [--weights-dir DIR] [--prompts 50] [--images 1]
 """
@@ -75,16 +77,22 @@ def main() -> int:
     images = [engine.pipeline.text_to_image(p.text, [seed], options, defaults["height"], defaults["width"])[0]
               for p, seed in pairs]
     requirements = [p.requirements for p, _ in pairs]
-    classes = Counter(classify(v, r) for v, r in zip(geneval.judge_images(images, requirements), requirements))
-    both = len(pairs) - classes["objects wrong"]
-    right = classes["relation right"] / both if both else float("nan")
-    print(json.dumps({
-        "model": args.model, "images": len(pairs), **{k: classes[k] for k in
-        ("objects wrong", "relation right", "relation reversed", "too close")},
-        "right given both found": round(right, 3),
-        "standard error": round(math.sqrt(right * (1 - right) / both), 3) if both else None,
-    }))
+    verdicts = geneval.judge_images(images, requirements)
+    by_relation: dict[str, Counter] = {}
+    for verdict, req in zip(verdicts, requirements):
+        by_relation.setdefault(req.relation.relation, Counter())[classify(verdict, req)] += 1
+    print(json.dumps({"model": args.model, **summary(sum(by_relation.values(), Counter())),
+                      "by relation": {r: summary(c) for r, c in sorted(by_relation.items())}}))
     return 0
+
+
+def summary(classes: Counter) -> dict:
+    both = sum(classes.values()) - classes["objects wrong"]
+    right = classes["relation right"] / both if both else float("nan")
+    return {"images": sum(classes.values()),
+            **{k: classes[k] for k in ("objects wrong", "relation right", "relation reversed", "too close")},
+            "right given both found": round(right, 3),
+            "standard error": round(math.sqrt(right * (1 - right) / both), 3) if both else None}
 
 
 if __name__ == "__main__":
