@@ -121,6 +121,8 @@ def main() -> int:
         if not weights.has_weights(name, args.weights_dir):
             print(json.dumps({"model": name, "skipped": "no weights"}))
             continue
+        if args.record_into:
+            require_same_export(name, args.record_into, args.weights_dir)
         if name == "shapes-vae":
             row = check_vae(args.weights_dir)
         elif name == "shapes-clip":
@@ -131,18 +133,22 @@ def main() -> int:
         if args.record:
             record(name, row, args.weights_dir)
         if args.record_into:
-            record(name, row, args.record_into, same_as=args.weights_dir)
+            record(name, row, args.record_into)
     return 0
 
 
-def record(name: str, row: dict, directory: Path | None, same_as: Path | None = None) -> None:
+def require_same_export(name: str, directory: Path, checked_dir: Path | None) -> None:
+    """Before any work: the card in `directory` must be of the weights being checked."""
+    mark = ("steps", "train_seconds")
+    theirs = [weights.read_card(name, directory).get(k) for k in mark]
+    ours = [weights.read_card(name, checked_dir).get(k) for k in mark]
+    if theirs != ours:
+        raise SystemExit(f"error: {name} in {directory} is of step {theirs[0]} after {theirs[1]} s of training, "
+                         f"the checked weights of step {ours[0]} after {ours[1]} s: not the same run's export")
+
+
+def record(name: str, row: dict, directory: Path | None) -> None:
     card = weights.read_card(name, directory)
-    if same_as is not None:
-        checked = weights.read_card(name, same_as)
-        mark = ("steps", "train_seconds")
-        if [card.get(k) for k in mark] != [checked.get(k) for k in mark]:
-            raise SystemExit(f"error: {name} in {directory} is of step {card.get('steps')}, the checked "
-                             f"weights of step {checked.get('steps')}: not the same run's export")
     card["fp16_check"] = row
     weights.write_card(name, card, directory)
 
