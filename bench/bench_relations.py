@@ -1,7 +1,7 @@
 """Why position prompts fail: the objects, or the relation between them?
 
-For ShapesGenEval's position prompts (its seeds, 20 steps DPM-Solver++, the card's guidance),
-each image falls in one class:
+For ShapesGenEval's position prompts (its seeds; the model card's sampler, steps and guidance,
+as `lanterna bench geneval` runs them), each image falls in one class:
 - objects wrong: an asked object is missing, doubled, or an extra object is there;
 - relation right: both objects, on the asked side (the judge passes it);
 - relation reversed: both objects, on the opposite side;
@@ -26,25 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lanterna.engines.pipeline import SamplingOptions  # noqa: E402
+from lanterna.engines.base import GenerationRequest  # noqa: E402
 from lanterna.engines.shapes import ShapesEngine  # noqa: E402
 from lanterna.evaluation import geneval  # noqa: E402
-from lanterna.world.judge import Verdict  # noqa: E402
+from lanterna.world.judge import Verdict, relation_gap, the_one  # noqa: E402
 from lanterna.world.spec import Requirements  # noqa: E402
-
-
-def signed_gap(verdict: Verdict, req: Requirements) -> float | None:
-    """How far the subject is on the asked side of the reference (px); None unless both are there once."""
-    r = req.relation
-    found = []
-    for asked in (req.objects[r.subject], req.objects[r.reference]):
-        same = [o for o in verdict.objects if (o.colour, o.shape) == (asked.colour, asked.shape)]
-        found.append(same[0] if len(same) == 1 else None)
-    if None in found:
-        return None
-    axis = 0 if r.relation in ("left of", "right of") else 1
-    gap = found[1].centroid[axis] - found[0].centroid[axis]
-    return -gap if r.relation in ("right of", "below") else gap
 
 
 def classify(verdict: Verdict, req: Requirements) -> str:
@@ -52,10 +38,9 @@ def classify(verdict: Verdict, req: Requirements) -> str:
         return "objects wrong"
     if verdict.passed:
         return "relation right"
-    gap = signed_gap(verdict, req)
-    if gap is None:
-        return "objects wrong"
-    return "relation reversed" if gap < 0 else "too close"
+    r = req.relation  # the counts passed: each of the two is there once
+    subject, reference = (the_one(verdict.objects, req.objects[i]) for i in (r.subject, r.reference))
+    return "relation reversed" if relation_gap(subject, reference, r.relation) < 0 else "too close"
 
 
 def main() -> int:
@@ -69,13 +54,8 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = ShapesEngine(args.model, args.weights_dir)
-    engine.load()
-    defaults = engine.card["defaults"]
-    options = SamplingOptions(steps=20, guidance=defaults["guidance"], sampler="dpmpp-2m",
-                              shift=engine.card.get("shift", 1.0))
     pairs = geneval.jobs(["position"], args.prompts, args.images)
-    images = [engine.pipeline.text_to_image(p.text, [seed], options, defaults["height"], defaults["width"])[0]
-              for p, seed in pairs]
+    images = [engine.run(GenerationRequest(task="t2i", prompt=p.text, seeds=[seed])).images[0] for p, seed in pairs]
     requirements = [p.requirements for p, _ in pairs]
     verdicts = geneval.judge_images(images, requirements)
     by_relation: dict[str, Counter] = {}

@@ -11,6 +11,8 @@ Prints one JSON line per model: per noise level t, the mean loss with the true c
 the relative increase for each swap (on the same renders and noise). First, two lines on the
 shared parts: how far apart the text tower puts captions differing in one word (pooled states)
 against how far apart those words' own input embeddings are (both relative to the first's norm),
+and, token by token, the states of a relation caption against the same with the objects swapped,
+the relation flipped or a colour changed (mean distance over the mean norm),
 and the VAE posterior's std against the std of the (scaled) posterior means, the noise a
 posterior draw adds to a diffusion target.
 
@@ -48,6 +50,12 @@ SWAPS = {
 NOISE_LEVELS = (0.5, 0.7, 0.9)
 CAPTION_PAIRS = {"shape": ("a red circle", "a red square"), "colour": ("a red circle", "a blue circle"),
                  "motion": ("a red circle moving left", "a red circle moving right")}
+# Pairs of equal length whose token states are compared position by position: which object a
+# relation names first (the same words in another order), the relation, a colour.
+RELATION = "a red circle to the left of a blue square"
+ORDER_PAIRS = {"objects_swapped": (RELATION, "a blue square to the left of a red circle"),
+               "relation": (RELATION, "a red circle to the right of a blue square"),
+               "colour": (RELATION, "a red circle to the left of a green square")}
 
 
 def swapped(caption: str, table: dict[str, str]) -> str:
@@ -114,6 +122,12 @@ def text_tower_separation(clip) -> dict:
         words = clip.text.token_embedding(tokens.ids[:, differ])
         row[kind] = {"captions": pair, "pooled_state_distance": relative(pooled[0], pooled[1]),
                      "word_embedding_distance": relative(words[0], words[1])}
+    for kind, pair in ORDER_PAIRS.items():
+        tokens = tokenizer.encode(list(pair))
+        states, _ = clip.encode_text_tokens(tokens.ids, tokens.mask)
+        real = states[:, tokens.mask[0]]
+        distance = (real[0] - real[1]).norm(dim=-1).mean() / real[0].norm(dim=-1).mean()
+        row[f"token_states_{kind}"] = {"captions": pair, "distance": round(float(distance), 3)}
     return row
 
 

@@ -401,7 +401,6 @@ def test_word_aware_text_keeps_the_states_and_adds_distinct_words():
         text_conditioner(clip, "words")
 
 
-
 def test_order_context_tells_swapped_objects_apart_where_the_words_cannot():
     clip = tiny("clip")
     with torch.no_grad():
@@ -424,6 +423,7 @@ def test_order_context_tells_swapped_objects_apart_where_the_words_cannot():
     assert rows(three[..., w:], 0) != rows(three[..., w:], 1)  # word beside position: not
     assert torch.allclose(three[..., 2 * w:][tokens.mask].pow(2).mean(-1), torch.ones(int(tokens.mask.sum())),
                           atol=1e-2)
+
 
 @pytest.mark.parametrize("kind", DENOISERS)
 def test_weights_widened_to_word_aware_context_compute_the_same(kind):

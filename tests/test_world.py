@@ -16,7 +16,8 @@ from scipy.spatial import ConvexHull
 from lanterna.engines.nets.text import ShapesTokenizer
 from lanterna.world import captions, sampling
 from lanterna.world.captions import caption_of, parse_caption, try_parse
-from lanterna.world.judge import judge, judge_batch, judge_detection, judge_video_detections
+from lanterna.world.judge import (
+    judge, judge_batch, judge_detection, judge_video_detections, relation_gap, the_one)
 from lanterna.world.layout import layout
 from lanterna.world.near_miss import EDITS, near_miss, near_miss_scene
 from lanterna.world.oracle import classify, detect, detect_batch, hull_area
@@ -384,6 +385,10 @@ def test_swapped_relation_fails():
     assert not verdict.passed
     [failure] = verdict.failures
     assert failure.startswith("blue square left of red circle: centroid x")
+    circle, square = (the_one(verdict.objects, o) for o in parse_caption(text).objects)
+    assert relation_gap(circle, square, "left of") > 0  # on the asked side
+    assert relation_gap(square, circle, "left of") == -relation_gap(circle, square, "left of")
+    assert relation_gap(square, circle, "right of") == relation_gap(circle, square, "left of")
 
 
 def test_blank_image_fails():

@@ -279,7 +279,8 @@ def continue_from_weights(run: Run, trainable: Trainable, name: str) -> RunState
         raise WeightsDoNotFit(
             f"{name} cannot start this run ({error}); its card has text_context "
             f"{text_context_of(card)!r} and size config {card.get('config')}: "
-            "a run can widen 'states' weights to 'states+words' and those to 'states+words+order', not narrow them") from error
+            "a run can widen 'states' weights to 'states+words' and those to 'states+words+order', "
+            "not narrow them") from error
     if trainable.ema is not None:
         load_widened(trainable.ema.model, state)
     for point in card.get("learning_curve", []):

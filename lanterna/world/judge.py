@@ -94,8 +94,8 @@ def count_checks(det: Detection, req: Requirements) -> list[Check]:
     return checks
 
 
-def the_one(det: Detection, obj: ObjectRequirement) -> DetectedObject | None:
-    found = [o for o in det.objects if (o.colour, o.shape) == obj.kind]
+def the_one(objects: Sequence[DetectedObject], obj: ObjectRequirement) -> DetectedObject | None:
+    found = [o for o in objects if (o.colour, o.shape) == obj.kind]
     return found[0] if obj.count == 1 and len(found) == 1 else None
 
 
@@ -111,7 +111,7 @@ def size_check(det: Detection, obj: ObjectRequirement) -> Check | None:
 
 
 def place_check(det: Detection, obj: ObjectRequirement) -> Check | None:
-    one = the_one(det, obj)
+    one = the_one(det.objects, obj)
     if obj.place is None or one is None:
         return None
     where = place_of(*one.centroid, det.canvas.size)
@@ -120,19 +120,27 @@ def place_check(det: Detection, obj: ObjectRequirement) -> Check | None:
                  f"it is in the {where} (centroid {x:.1f}, {y:.1f})", "place")
 
 
+def relation_axis(relation: str) -> int:
+    return 0 if relation in ("left of", "right of") else 1
+
+
+def relation_gap(subject: DetectedObject, reference: DetectedObject, relation: str) -> float:
+    """How far (px) the subject is on the asked side of the reference; negative: the other side."""
+    axis = relation_axis(relation)
+    gap = reference.centroid[axis] - subject.centroid[axis]
+    return -gap if relation in ("right of", "below") else gap
+
+
 def relation_check(det: Detection, req: Requirements) -> Check | None:
     if req.relation is None:
         return None
     r = req.relation
     subject, reference = req.objects[r.subject], req.objects[r.reference]
-    a, b = the_one(det, subject), the_one(det, reference)
+    a, b = the_one(det.objects, subject), the_one(det.objects, reference)
     if a is None or b is None:
         return None
-    axis = 0 if r.relation in ("left of", "right of") else 1
-    # How far the subject is on the asked side of the reference.
-    gap = b.centroid[axis] - a.centroid[axis]
-    if r.relation in ("right of", "below"):
-        gap = -gap
+    axis = relation_axis(r.relation)
+    gap = relation_gap(a, b, r.relation)
     margin = det.canvas.relation_margin
     name = "x" if axis == 0 else "y"
     return Check(f"{subject.name} {r.relation} {reference.name}", gap >= margin,
@@ -188,7 +196,7 @@ def motion_of(first: DetectedObject, last: DetectedObject, det: Detection) -> tu
 
 
 def track(dets: list[Detection], obj: ObjectRequirement) -> tuple[Track, list[DetectedObject]]:
-    found = [(f, the_one(d, obj)) for f, d in enumerate(dets)]
+    found = [(f, the_one(d.objects, obj)) for f, d in enumerate(dets)]
     found = [(f, o) for f, o in found if o is not None]
     if not found:
         return Track(obj.name, 0, len(dets)), []
@@ -240,7 +248,7 @@ def judge_video_detections(dets: list[Detection], req: Requirements) -> Verdict:
         tr, seen = track(dets, obj)
         tracks.append(tr)
         if obj.size is not None and seen:  # judged where the object is first found
-            first = next(d for d in dets if the_one(d, obj) is not None)
+            first = next(d for d in dets if the_one(d.objects, obj) is not None)
             checks.extend(c for c in [size_check(first, obj)] if c)
         if obj.motion is not None:
             checks.append(motion_check(obj, tr))

@@ -280,9 +280,9 @@ class WordAwareText(nn.Module):
     embedding, RMS-normalised; its mean in the pooled part). The words alone are a bag to
     cross-attention: "a red circle to the left of a blue square" and "a blue square to the left
     of a red circle" give the same set of words for opposite scenes, and the tower's states tell
-    the two apart by 0.10 of their norm (left against right: 0.03). Measured on shapes-unet
-    (BENCHMARKS.md, "Word order in the text condition"), 110 minutes of training with it did not
-    place the pair better than the same training without it.
+    the two apart by 0.10 of their norm (left against right: 0.03; bench/bench_word_use.py).
+    Measured on shapes-unet (BENCHMARKS.md, "Word order in the text condition"), 110 minutes of
+    training with it did not place the pair better than the same training without it.
     """
 
     def __init__(self, clip: ShapesCLIP, order: bool = False) -> None:
