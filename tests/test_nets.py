@@ -441,3 +441,23 @@ def test_weights_widened_to_word_aware_context_compute_the_same(kind):
     assert torch.allclose(before, after, atol=1e-6)
     with pytest.raises(ValueError, match="does not fit"):
         load_widened(narrow, wide.state_dict())
+
+
+def test_unet_grown_with_extra_middle_stages_computes_the_same_then_learns():
+    from lanterna.training.common import WeightsDoNotFit, load_widened
+
+    saved = randomize_zero_init(tiny("unet"))
+    grown = build_net("unet", {**NET_SIZES["unet"]["tiny"], "extra_mid_stages": 2})
+    load_widened(grown, saved.state_dict())
+    new = [k for k in grown.state_dict() if k not in saved.state_dict()]
+    assert new and all(k.startswith(("mid.2.", "mid.3.")) for k in new)
+    x, t, context, mask, pooled = denoiser_inputs("unet")
+    with torch.no_grad():
+        assert torch.allclose(saved(x, t, context, mask, pooled), grown(x, t, context, mask, pooled), atol=1e-6)
+    grown(x, t, context, mask, pooled).pow(2).mean().backward()
+    for key in new:
+        if key.endswith(("proj_out.weight", "conv2.weight")):
+            assert grown.get_parameter(key).grad.abs().sum() > 0, key
+    truncated = {k: v for k, v in saved.state_dict().items() if not k.startswith("mid.1.")}
+    with pytest.raises(WeightsDoNotFit, match="missing"):
+        load_widened(grown, truncated)

@@ -135,11 +135,13 @@ def components(weights_dir, tmp_path):
 @pytest.mark.parametrize("model", ["dit", "unet"])
 def test_diffusion_trains_with_ema_and_exports(tmp_path, components, model, monkeypatch):
     weights_dir = components
-    recipe = Recipe(model=model, size="tiny", batch=4, lr=1e-3, warmup=1, bf16=False, ema=0.9)
+    recipe = Recipe(model=model, size="tiny", batch=4, lr=1e-3, warmup=1, bf16=False, ema=0.9,
+                    extra={"sampling_shift": 2.0} if model == "unet" else {})
     net, run = train_diffusion.train(str(tmp_path / model), recipe, max_steps=3, max_minutes=None, eval_every=100)
     losses = [r["loss"] for r in run.records("train")] or [run.load()["state"]["step"]]
     assert run.load()["state"]["step"] == 3 and all(np.isfinite(losses))
     export.export_denoiser(net, run, recipe, weights_dir)
+    assert weights.read_card(f"shapes-{model}", weights_dir)["shift"] == (2.0 if model == "unet" else 1.0)
     if model == "dit":
         monkeypatch.setattr(progress_eval, "PROMPTS_PER_TASK", 1)
         monkeypatch.setattr(progress_eval, "IMAGES_PER_PROMPT", 2)
@@ -166,6 +168,12 @@ def test_video_trains_on_a_small_canvas_and_its_card_says_so(tmp_path, component
     out = ShapesEngine("shapes-video", weights_dir).run(
         GenerationRequest(task="t2v", prompt="a red circle moving left", seeds=[0], steps=2))
     assert len(out.videos[0]) == 4 and out.videos[0][0].size == (32, 32)
+
+
+def test_sampling_shift_follows_the_training_shift_unless_set_apart():
+    assert Recipe(model="unet").sampling_shift == 1.0
+    assert Recipe(model="unet", extra={"shift": 3}).sampling_shift == 3.0
+    assert Recipe(model="unet", extra={"shift": 3, "sampling_shift": 2}).sampling_shift == 2.0
 
 
 def test_lr_warms_up_holds_then_cools_down_to_zero():

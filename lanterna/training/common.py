@@ -48,6 +48,12 @@ class Recipe:
     warmup_start: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def sampling_shift(self) -> float:
+        """The sampling schedule's shift toward noise (the card's `shift`): `extra.sampling_shift`
+        where a run chose one by measurement, else the training timesteps' `extra.shift`."""
+        return float(self.extra.get("sampling_shift", self.extra.get("shift", 1.0)))
+
 
 class EMA:
     """Exponential moving average of a model's parameters (buffers copied as they are)."""

@@ -109,7 +109,7 @@ def export_denoiser(net: nn.Module, run: Run, recipe: Recipe, directory: Path | 
     size = recipe.extra.get("size", 64)
     card.update({
         "prediction": recipe.extra.get("prediction", "v"),
-        "shift": recipe.extra.get("shift", 1.0),
+        "shift": recipe.sampling_shift,
         "text_context": text_context_of(recipe.extra),
         "components": {"vae": "shapes-vae", "text_encoder": "shapes-clip"},
         "defaults": {"steps": 20, "guidance": recipe.extra.get("guidance", 4.0),

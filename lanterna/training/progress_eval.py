@@ -30,9 +30,9 @@ def quick_geneval(recipe: Recipe, samples_dir: Path | None = None) -> Callable[[
         text = text_conditioner(load_clip(), text_context_of(recipe.extra))
         pipe = LatentDiffusionPipeline(net, load_vae(), text, ShapesTokenizer(),
                                        prediction=recipe.extra.get("prediction", "v"),
-                                       shift=recipe.extra.get("shift", 1.0))
+                                       shift=recipe.sampling_shift)
         options = SamplingOptions(steps=20, guidance=recipe.extra.get("guidance", 4.0),
-                                  sampler="dpmpp-2m", shift=recipe.extra.get("shift", 1.0))
+                                  sampler="dpmpp-2m", shift=recipe.sampling_shift)
         size = recipe.extra.get("size", 64)
         made: list[tuple[str, object]] = []
         try:

@@ -4,10 +4,10 @@ Rectified flow (Liu et al. 2022; Esser et al. 2024): x_t = (1 - t) x0 + t eps, t
 the velocity eps - x0 (or x0 itself), t drawn logit-normally, which Esser et al. found best
 among the timestep samplers they compared. `extra.shift` moves both the training timesteps and the
 sampling schedule (the card's `shift`) toward high noise by one map, the resolution shift of
-Esser et al. 2024 (eq. 23). The VAE and the CLIP text tower are frozen (as in
-latent diffusion); captions are dropped 10 % of the time so classifier-free guidance works.
-`extra.task_mix` sets each training task's share of an image batch, e.g. to weight the tasks a
-model fails most.
+Esser et al. 2024 (eq. 23); `extra.sampling_shift` sets the sampling schedule's apart from it.
+The VAE and the CLIP text tower are frozen (as in latent diffusion); captions are dropped 10 % of
+the time so classifier-free guidance works. `extra.task_mix` sets each training task's share of an
+image batch, e.g. to weight the tasks a model fails most.
 """
 
 from __future__ import annotations

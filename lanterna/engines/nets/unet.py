@@ -8,7 +8,8 @@ encoder stage to the decoder, and zero-initialised last convolutions, so that ev
 branch starts at zero and the output is 0 at init.
 
 For a 16 x 16 latent and three levels the resolutions are 16, 8 and 4; attention runs where
-`attention_levels` says (by default at 8 x 8 and 4 x 4, and in the middle block).
+`attention_levels` says (by default at 8 x 8 and 4 x 4, and in the middle block, which
+`extra_mid_stages` can deepen).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class UNetConfig:
     channels: tuple[int, ...] = (32, 64, 128)  # one entry per resolution level
     attention_levels: tuple[bool, ...] = (False, True, True)
     res_blocks: int = 1  # per level in the encoder; the decoder has one more
+    extra_mid_stages: int = 0  # residual + transformer stages after the middle block's two
     heads: int = 4
     context_dim: int = 128
     norm_groups: int = 16
@@ -157,6 +159,8 @@ class UNet(nn.Module):
         self.mid = nn.ModuleList([
             Stage(current, current, emb_dim, config, attention=True),
             Stage(current, current, emb_dim, config, attention=False),
+            *(Stage(current, current, emb_dim, config, attention=True)
+              for _ in range(config.extra_mid_stages)),
         ])
 
         # Decoder: each stage takes one skip, concatenated on channels.
@@ -173,6 +177,13 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(current, config.in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+
+    @property
+    def optional_prefixes(self) -> tuple[str, ...]:
+        # Extra middle stages start as the identity (both residual branches end in a zero layer),
+        # so a run may add them to trained weights: the grown net computes what the saved one
+        # did, then learns, with the most global view of the scene.
+        return tuple(f"mid.{i}." for i in range(2, len(self.mid)))
 
     @property
     def downsampling(self) -> int:
