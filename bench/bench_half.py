@@ -77,8 +77,7 @@ def sample(name: str, card: dict, directory: Path | None, half: bool, prompts_pe
     pipe = engine.pipeline
     if half:
         rounded_through_fp16(pipe.denoiser)
-    options = SamplingOptions(steps=20, guidance=card["defaults"]["guidance"], sampler="dpmpp-2m",
-                              shift=card.get("shift", 1.0))
+    options = SamplingOptions(steps=20, guidance=card["defaults"]["guidance"], sampler="dpmpp-2m")
     width, height = card["defaults"]["width"], card["defaults"]["height"]
     if "max_frames" in card:
         pairs = geneval.jobs(list(geneval.VIDEO_TASKS), prompts_per_task, 1)

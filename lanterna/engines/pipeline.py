@@ -44,10 +44,10 @@ class TextCondition:
 
 @dataclass
 class SamplingOptions:
+    # No schedule shift here: it belongs to the model (the pipeline's `shift`, from its card).
     steps: int
     guidance: float
     sampler: str
-    shift: float = 1.0
 
 
 def check_options(options: SamplingOptions) -> None:

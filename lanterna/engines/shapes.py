@@ -129,7 +129,7 @@ class ShapesEngine:
         options = SamplingOptions(
             steps=self.defaults.steps if request.steps is None else request.steps,
             guidance=self.defaults.guidance if request.guidance is None else request.guidance,
-            sampler=sampler, shift=self.card.get("shift", 1.0),
+            sampler=sampler,
         )
         return options, width, height
 

@@ -32,7 +32,7 @@ def quick_geneval(recipe: Recipe, samples_dir: Path | None = None) -> Callable[[
                                        prediction=recipe.extra.get("prediction", "v"),
                                        shift=recipe.sampling_shift)
         options = SamplingOptions(steps=20, guidance=recipe.extra.get("guidance", 4.0),
-                                  sampler="dpmpp-2m", shift=recipe.sampling_shift)
+                                  sampler="dpmpp-2m")
         size = recipe.extra.get("size", 64)
         made: list[tuple[str, object]] = []
         try:
