@@ -461,3 +461,31 @@ def test_unet_grown_with_extra_middle_stages_computes_the_same_then_learns():
     truncated = {k: v for k, v in saved.state_dict().items() if not k.startswith("mid.1.")}
     with pytest.raises(WeightsDoNotFit, match="missing"):
         load_widened(grown, truncated)
+
+
+def test_unet_grown_with_a_text_mixer_computes_the_same_then_reads_word_order():
+    from lanterna.training.common import load_widened
+
+    saved = randomize_zero_init(tiny("unet"))
+    grown = build_net("unet", {**NET_SIZES["unet"]["tiny"], "context_layers": 1}).eval()
+    load_widened(grown, saved.state_dict())
+    new = [k for k in grown.state_dict() if k not in saved.state_dict()]
+    assert new and all(k.startswith("context_mixer.") for k in new)
+    x, t, context, mask, pooled = denoiser_inputs("unet")
+    with torch.no_grad():
+        assert torch.allclose(saved(x, t, context, mask, pooled), grown(x, t, context, mask, pooled), atol=1e-5)
+    grown(x, t, context, mask, pooled).pow(2).mean().backward()
+    for key in ("context_mixer.blocks.0.attn.out.weight", "context_mixer.blocks.0.mlp.fc2.weight"):
+        assert grown.get_parameter(key).grad.abs().sum() > 0, key
+
+    # Cross-attention alone reads the tokens as a set: two words swapped give the same output.
+    # Once the mixer has learned anything, their order counts.
+    swapped = context.clone()
+    swapped[:, [0, 1]] = context[:, [1, 0]]
+    with torch.no_grad():
+        assert torch.allclose(saved(x, t, context, mask, pooled), saved(x, t, swapped, mask, pooled), atol=1e-5)
+        randomize_zero_init(grown)
+        moved = (grown(x, t, context, mask, pooled) - grown(x, t, swapped, mask, pooled)).abs().max()
+    assert moved > 1e-3
+    with pytest.raises(ValueError, match="mixer covers"):
+        grown(x, t, torch.randn(3, 30, context.shape[-1]), torch.ones(3, 30, dtype=torch.bool), pooled)

@@ -93,10 +93,13 @@ def with_frames(make, frames):
     return make_fewer
 
 
-def test_unet_denoiser_agrees_with_torch(bundle, tmp_path):
+@pytest.mark.parametrize("context_layers", [0, 1])
+def test_unet_denoiser_agrees_with_torch(bundle, tmp_path, context_layers):
     # The decomposed form here (MatMul + Softmax, TorchScript exporter): the native export of the
     # U-Net takes ~20 s on this machine, beyond this file's time budget; `export_graph` runs the
     # same comparison on every native export before writing it.
+    if context_layers:  # with the text mixer, which also runs inside the denoiser's graph
+        bundle = save_tiny_bundle(tmp_path / "weights", kinds=("unet",), context_layers=context_layers)
     spec = onnx_backend.graph_specs(ShapesEngine("shapes-unet", bundle))["denoiser"]
     info = onnx_backend.export_graph(spec, tmp_path / "denoiser.onnx", attention="decomposed")
     assert (info["attention"], info["opset"]) == ("decomposed", 18)

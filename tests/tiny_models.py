@@ -38,10 +38,10 @@ def tiny_vae() -> nn.Module:
     return build_net("vae", NET_SIZES["vae"]["tiny"]).eval()
 
 
-def tiny_denoiser(kind: str, text_context: str = "states") -> nn.Module:
+def tiny_denoiser(kind: str, text_context: str = "states", **config) -> nn.Module:
     context_dim = text_conditioner(tiny_clip(), text_context).context_width  # draws with its own seed
     torch.manual_seed(3)
-    net = build_net(kind, {**NET_SIZES[kind]["tiny"], "context_dim": context_dim})
+    net = build_net(kind, {**NET_SIZES[kind]["tiny"], "context_dim": context_dim, **config})
     return randomise_zero_params(net, 4).eval()
 
 
@@ -50,14 +50,17 @@ def tiny_pipeline(kind: str = "dit") -> LatentDiffusionPipeline:
 
 
 def save_tiny_bundle(directory: Path, kinds: tuple[str, ...] = ("dit", "video_dit"),
-                     text_context: str = "states") -> Path:
-    """Write tiny shapes-vae, shapes-clip and denoisers with model cards, like the bundled ones."""
+                     text_context: str = "states", **config) -> Path:
+    """Write tiny shapes-vae, shapes-clip and denoisers with model cards, like the bundled ones.
+
+    `config` overrides the denoisers' tiny net configs (e.g. context_layers=1 for the U-Net).
+    """
     names = {"dit": "shapes-dit", "unet": "shapes-unet", "video_dit": "shapes-video"}
     for name, module, net in (("shapes-vae", tiny_vae(), "vae"), ("shapes-clip", tiny_clip(), "clip")):
         weights.save_module(module, name, directory)
         weights.write_card(name, {"name": name, "net": net, "config": asdict(module.config)}, directory)
     for kind in kinds:
-        net = tiny_denoiser(kind, text_context)
+        net = tiny_denoiser(kind, text_context, **config)
         video = kind == "video_dit"
         card = {
             "name": names[kind], "net": kind, "config": asdict(net.config), "prediction": "v",

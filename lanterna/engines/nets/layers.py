@@ -8,6 +8,7 @@
   key mask (True = real token).
 - `modulate`: adaLN's shift and scale of a normalised activation.
 - `MLP`: Linear -> GELU (tanh) -> Linear, the transformer feed-forward of DiT and PixArt.
+- `SelfAttentionBlock`: the pre-LN encoder block of the CLIP towers and the U-Net's text mixer.
 """
 
 from __future__ import annotations
@@ -136,3 +137,25 @@ class Attention(nn.Module):
         if empty is not None:
             out = out.masked_fill(empty[:, None, None], 0.0)
         return self.out(out)
+
+
+class SelfAttentionBlock(nn.Module):
+    """A transformer encoder block, pre-LN: x + attn(LN(x)), x + MLP(LN(x)); `mask` hides padding keys."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = MLP(width, int(width * mlp_ratio))
+
+    def starting_as_identity(self) -> SelfAttentionBlock:
+        """Zero both residual branches' last layers, so that the block adds nothing until trained."""
+        for layer in (self.attn.out, self.mlp.fc2):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        return self
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask=mask)
+        return x + self.mlp(self.norm2(x))

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lanterna.engines.nets.layers import MLP, Attention
+from lanterna.engines.nets.layers import SelfAttentionBlock
 
 DEFAULT_VOCAB = Path(__file__).resolve().parent / "shapes_vocab.txt"
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -126,21 +126,6 @@ CLIP_SIZES: dict[str, dict] = {
 }
 
 
-class TransformerBlock(nn.Module):
-    """Pre-LN: x + attn(LN(x)), x + MLP(LN(x))."""
-
-    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(width)
-        self.attn = Attention(width, heads)
-        self.norm2 = nn.LayerNorm(width)
-        self.mlp = MLP(width, int(width * mlp_ratio))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), mask=mask)
-        return x + self.mlp(self.norm2(x))
-
-
 def at_last_token(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """B x L x W states -> B x W at each sequence's last real token (the pooled text)."""
     last = (mask.sum(1) - 1).clamp_min(0)
@@ -155,7 +140,7 @@ class TextTransformer(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, w)
         self.position_embedding = nn.Parameter(torch.randn(config.max_length, w) * 0.01)
         self.blocks = nn.ModuleList(
-            TransformerBlock(w, config.text_heads, config.mlp_ratio) for _ in range(config.text_layers))
+            SelfAttentionBlock(w, config.text_heads, config.mlp_ratio) for _ in range(config.text_layers))
         self.norm = nn.LayerNorm(w)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
 
@@ -185,7 +170,7 @@ class ImageTransformer(nn.Module):
         self.position_embedding = nn.Parameter(torch.randn(patches + 1, w) * w**-0.5)
         self.norm_pre = nn.LayerNorm(w)
         self.blocks = nn.ModuleList(
-            TransformerBlock(w, config.image_heads, config.mlp_ratio) for _ in range(config.image_layers))
+            SelfAttentionBlock(w, config.image_heads, config.mlp_ratio) for _ in range(config.image_layers))
         self.norm_post = nn.LayerNorm(w)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,14 +198,10 @@ class ShapesCLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         # The text tower conditions the denoisers, so it stays as they were trained on; these
         # blocks on top of its states learn what scoring needs besides (word order, counts).
-        # Their output layers start at zero: added to exported weights, they start as the identity.
+        # Added to exported weights, they start as the identity.
         self.score_blocks = nn.ModuleList(
-            TransformerBlock(config.text_width, config.text_heads, config.mlp_ratio)
+            SelfAttentionBlock(config.text_width, config.text_heads, config.mlp_ratio).starting_as_identity()
             for _ in range(config.score_layers))
-        for block in self.score_blocks:
-            for layer in (block.attn.out, block.mlp.fc2):
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
 
     # Weights exported before the scorer blocks existed lack them; a run may add them.
     optional_prefixes: tuple[str, ...] = ("score_blocks.",)

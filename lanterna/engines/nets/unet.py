@@ -10,6 +10,12 @@ branch starts at zero and the output is 0 at init.
 For a 16 x 16 latent and three levels the resolutions are 16, 8 and 4; attention runs where
 `attention_levels` says (by default at 8 x 8 and 4 x 4, and in the middle block, which
 `extra_mid_stages` can deepen).
+
+`context_layers` puts self-attention blocks over the text tokens before any cross-attention,
+trained with the denoiser while the text tower stays frozen. Cross-attention reads the tokens as
+a set; the blocks let a noun's token take in its own adjectives ("a yellow circle and a red
+triangle": which colour goes with which shape), with a learned position embedding added for them
+and taken off after, so that they start as the identity on trained weights.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lanterna.engines.nets.layers import MLP, Attention, TimestepEmbedder, batch_timesteps
+from lanterna.engines.nets.layers import (MLP, Attention, SelfAttentionBlock, TimestepEmbedder,
+                                         batch_timesteps)
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,8 @@ class UNetConfig:
     extra_mid_stages: int = 0  # residual + transformer stages after the middle block's two
     heads: int = 4
     context_dim: int = 128
+    context_layers: int = 0  # self-attention blocks over the text tokens, before cross-attention
+    context_length: int = 24  # tokens the mixer's position embedding covers (the tokenizer's max_length)
     norm_groups: int = 16
     frequency_dim: int = 256
     time_scale: float = 1000.0
@@ -114,6 +123,27 @@ class Stage(nn.Module):
         return x if self.attn is None else self.attn(x, context, context_mask)
 
 
+class ContextMixer(nn.Module):
+    """Self-attention blocks over the text tokens, each starting as the identity."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.position = nn.Parameter(torch.randn(config.context_length, config.context_dim) * 0.02)
+        self.blocks = nn.ModuleList(
+            SelfAttentionBlock(config.context_dim, config.heads, 4.0).starting_as_identity()
+            for _ in range(config.context_layers))
+
+    def forward(self, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        length = context.shape[1]
+        if length > self.position.shape[0]:
+            raise ValueError(f"text is {length} tokens, the mixer covers {self.position.shape[0]}")
+        position = self.position[:length].to(context.dtype)
+        x = context + position
+        for block in self.blocks:
+            x = block(x, mask)
+        return x - position
+
+
 class Downsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -141,6 +171,7 @@ class UNet(nn.Module):
         self.t_embedder = TimestepEmbedder(emb_dim, config.frequency_dim, config.time_scale)
         self.pooled_embedder = nn.Sequential(
             nn.Linear(config.context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.context_mixer = ContextMixer(config) if config.context_layers else None
         self.conv_in = nn.Conv2d(config.in_channels, ch[0], 3, padding=1)
 
         # Encoder: every stage's output (and conv_in's, and each downsample's) is a skip.
@@ -182,8 +213,8 @@ class UNet(nn.Module):
     def optional_prefixes(self) -> tuple[str, ...]:
         # Extra middle stages start as the identity (both residual branches end in a zero layer),
         # so a run may add them to trained weights: the grown net computes what the saved one
-        # did, then learns, with the most global view of the scene.
-        return tuple(f"mid.{i}." for i in range(2, len(self.mid)))
+        # did, then learns, with the most global view of the scene. So does the text mixer.
+        return (*(f"mid.{i}." for i in range(2, len(self.mid))), "context_mixer.")
 
     @property
     def downsampling(self) -> int:
@@ -194,6 +225,8 @@ class UNet(nn.Module):
         if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
             raise ValueError(f"latent size {tuple(x.shape[-2:])} is not divisible by {self.downsampling}")
         emb = self.t_embedder(batch_timesteps(t, x.shape[0], x.device)) + self.pooled_embedder(pooled)
+        if self.context_mixer is not None:
+            context = self.context_mixer(context, context_mask)
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:
