@@ -12,7 +12,8 @@ the relative increase for each swap (on the same renders and noise). First, two 
 shared parts: how far apart the text tower puts captions differing in one word (pooled states)
 against how far apart those words' own input embeddings are (both relative to the first's norm),
 and, token by token, the states of a relation caption against the same with the objects swapped,
-the relation flipped or a colour changed (mean distance over the mean norm),
+the relation flipped or a colour changed (mean distance over the mean norm), and the same at
+the shared words of two captions whose colours are swapped between their shapes,
 and the VAE posterior's std against the std of the (scaled) posterior means, the noise a
 posterior draw adds to a diffusion target.
 
@@ -56,6 +57,9 @@ RELATION = "a red circle to the left of a blue square"
 ORDER_PAIRS = {"objects_swapped": (RELATION, "a blue square to the left of a red circle"),
                "relation": (RELATION, "a red circle to the right of a blue square"),
                "colour": (RELATION, "a red circle to the left of a green square")}
+# Colours swapped between the shapes: the same bag of words; at the words both share (all but
+# the colours), the states are all a reader of the tokens as a set has to pair colour and shape.
+ATTRIBUTES_SWAPPED = ("a red circle and a blue square", "a blue circle and a red square")
 
 
 def swapped(caption: str, table: dict[str, str]) -> str:
@@ -124,11 +128,19 @@ def text_tower_separation(clip) -> dict:
                      "word_embedding_distance": relative(words[0], words[1])}
     for kind, pair in ORDER_PAIRS.items():
         tokens = tokenizer.encode(list(pair))
-        states, _ = clip.encode_text_tokens(tokens.ids, tokens.mask)
-        real = states[:, tokens.mask[0]]
-        distance = (real[0] - real[1]).norm(dim=-1).mean() / real[0].norm(dim=-1).mean()
-        row[f"token_states_{kind}"] = {"captions": pair, "distance": round(float(distance), 3)}
+        row[f"token_states_{kind}"] = {"captions": pair, "distance": state_distance(clip, tokens, tokens.mask[0])}
+    tokens = tokenizer.encode(list(ATTRIBUTES_SWAPPED))
+    same_word = tokens.mask[0] & (tokens.ids[0] == tokens.ids[1])
+    row["token_states_attributes_swapped"] = {"captions": ATTRIBUTES_SWAPPED, "over": "the words both share",
+                                              "distance": state_distance(clip, tokens, same_word)}
     return row
+
+
+def state_distance(clip, tokens, positions: torch.Tensor) -> float:
+    """Mean distance of the two captions' token states at `positions`, over their mean norm."""
+    states, _ = clip.encode_text_tokens(tokens.ids, tokens.mask)
+    real = states[:, positions]
+    return round(float((real[0] - real[1]).norm(dim=-1).mean() / real[0].norm(dim=-1).mean()), 3)
 
 
 @torch.no_grad()

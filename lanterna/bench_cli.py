@@ -46,6 +46,8 @@ def add_common(q: argparse.ArgumentParser) -> None:
     q.add_argument("--sampler")
     q.add_argument("--steps", type=int)
     q.add_argument("--guidance", type=float)
+    q.add_argument("--shift", type=float,
+                   help="the sampling schedule's shift (default: the model card's; bundled-format models)")
     q.add_argument("--backend", default="torch")
     q.add_argument("--config", help="model registry file (TOML)")
     q.add_argument("--threads", type=int)
@@ -61,7 +63,23 @@ def load(args: argparse.Namespace, capability: str) -> tuple[Engine, Scorer | No
     if args.threads:
         torch.set_num_threads(args.threads)
     registry = default_registry()
-    return registry.get(args.model, capability), registry.scorer()
+    engine = registry.get(args.model, capability)
+    if args.shift is not None:
+        set_shift(engine, args.shift)
+    return engine, registry.scorer()
+
+
+def set_shift(engine: Engine, shift: float) -> None:
+    """Sample with another schedule shift than the model card's, for this process only."""
+    if not hasattr(engine, "pipeline") or not hasattr(engine, "load"):
+        raise SystemExit(f"--shift: {engine.name} is not a bundled-format model; its scheduler sets its own")
+    engine.load()
+    engine.pipeline.shift = shift
+
+
+def shift_of(engine: Engine) -> float | None:
+    pipeline = getattr(engine, "pipeline", None)
+    return None if pipeline is None else pipeline.shift
 
 
 def runs_of_same_prompt(prompts: list[str], seeds: list[int]) -> list[tuple[str, list[int]]]:
@@ -130,7 +148,7 @@ def run_bench(args: argparse.Namespace) -> int:
     report.update(model=engine.name, weights=engine.weights_hash, sampler=args.sampler or
                   engine.defaults.sampler, steps=args.steps or engine.defaults.steps,
                   guidance=engine.defaults.guidance if args.guidance is None else args.guidance,
-                  backend=args.backend, seconds=round(time.perf_counter() - start, 1))
+                  shift=shift_of(engine), backend=args.backend, seconds=round(time.perf_counter() - start, 1))
     report.update(prompts_per_task=args.prompts_per_task, images_per_prompt=args.images_per_prompt)
     if not video:
         report["best_of"] = args.best_of
@@ -167,7 +185,8 @@ def run_samplers(args: argparse.Namespace) -> int:
             rows.append({"sampler": sampler, "steps": steps, "overall": scores["overall"],
                          "seconds": round(time.perf_counter() - start, 1)})
             log.info("%s", rows[-1])
-    report = {"model": engine.name, "weights": engine.weights_hash, "prompts_per_task": args.prompts_per_task,
+    report = {"model": engine.name, "weights": engine.weights_hash, "shift": shift_of(engine),
+              "prompts_per_task": args.prompts_per_task,
               "images_per_prompt": args.images_per_prompt, "rows": rows}
     if args.record:
         record_in_card(engine.name, {"bench": "samplers", **report})

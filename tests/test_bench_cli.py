@@ -29,6 +29,14 @@ def test_geneval_json(tiny_weights, capsys):
     assert 0 <= report["overall"] <= 1 and report["model"] == "shapes-dit" and report["steps"] == 2
 
 
+def test_shift_overrides_the_cards_and_is_reported(tiny_weights, capsys):
+    args = ["bench", "geneval", "--prompts-per-task", "1", "--images-per-prompt", "1", "--steps", "2",
+            "--tasks", "colors"]
+    assert main(args) == 0 and main(args + ["--shift", "3"]) == 0
+    printed = [json.loads(chunk) for chunk in capsys.readouterr().out.replace("}\n{", "}\0{").split("\0")]
+    assert [p["shift"] for p in printed] == [1.0, 3.0]  # the tiny card sets none: 1
+
+
 def test_geneval_best_of(tiny_weights, capsys):
     assert main(["bench", "geneval", "--prompts-per-task", "1", "--images-per-prompt", "1",
                  "--steps", "1", "--best-of", "2", "--tasks", "colors"]) == 0
