@@ -82,12 +82,12 @@ def main() -> int:
     images = [engine.run(GenerationRequest(task="t2i", prompt=p.text, seeds=[seed])).images[0] for p, seed in pairs]
     requirements = [p.requirements for p, _ in pairs]
     verdicts = geneval.judge_images(images, requirements)
-    by_relation: dict[str, Counter] = {}
-    for verdict, req in zip(verdicts, requirements):
-        word = req.relation.relation if req.relation else "none"
-        by_relation.setdefault(word, Counter())[classify(verdict, req)] += 1
-    report = {"model": args.model, "task": args.task, **summary(sum(by_relation.values(), Counter()))}
+    classes = [classify(verdict, req) for verdict, req in zip(verdicts, requirements)]
+    report = {"model": args.model, "task": args.task, **summary(Counter(classes))}
     if args.task == "position":
+        by_relation: dict[str, Counter] = {}
+        for kind, req in zip(classes, requirements):
+            by_relation.setdefault(req.relation.relation, Counter())[kind] += 1
         report["by relation"] = {r: summary(c) for r, c in sorted(by_relation.items())}
     print(json.dumps(report))
     return 0
