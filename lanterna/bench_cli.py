@@ -71,15 +71,19 @@ def load(args: argparse.Namespace, capability: str) -> tuple[Engine, Scorer | No
 
 def set_shift(engine: Engine, shift: float) -> None:
     """Sample with another schedule shift than the model card's, for this process only."""
-    if not hasattr(engine, "pipeline") or not hasattr(engine, "load"):
+    from lanterna.engines.shapes import ShapesEngine
+
+    if not isinstance(engine, ShapesEngine):
         raise SystemExit(f"--shift: {engine.name} is not a bundled-format model; its scheduler sets its own")
     engine.load()
     engine.pipeline.shift = shift
 
 
 def shift_of(engine: Engine) -> float | None:
-    pipeline = getattr(engine, "pipeline", None)
-    return None if pipeline is None else pipeline.shift
+    """The shift a bundled-format model sampled with (None for others, or before it loaded)."""
+    from lanterna.engines.shapes import ShapesEngine
+
+    return engine.pipeline.shift if isinstance(engine, ShapesEngine) and engine.pipeline else None
 
 
 def runs_of_same_prompt(prompts: list[str], seeds: list[int]) -> list[tuple[str, list[int]]]:

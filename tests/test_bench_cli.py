@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -35,6 +36,8 @@ def test_shift_overrides_the_cards_and_is_reported(tiny_weights, capsys):
     assert main(args) == 0 and main(args + ["--shift", "3"]) == 0
     printed = [json.loads(chunk) for chunk in capsys.readouterr().out.replace("}\n{", "}\0{").split("\0")]
     assert [p["shift"] for p in printed] == [1.0, 3.0]  # the tiny card sets none: 1
+    with pytest.raises(SystemExit, match="not a bundled-format model"):  # a diffusers folder's, say
+        bench_cli.set_shift(SimpleNamespace(name="sd15", pipeline=object(), load=lambda: None), 2.0)
 
 
 def test_geneval_best_of(tiny_weights, capsys):
