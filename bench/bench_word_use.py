@@ -8,7 +8,9 @@ that uses a word loses accuracy when the word is wrong; one that ignores it does
 a swap leaves unchanged, or turns into a held-out composition (or out of the grammar), are left
 out of that swap.
 Prints one JSON line per model: per noise level t, the mean loss with the true captions and
-the relative increase for each swap (on the same renders and noise). First, two lines on the
+the relative increase for each swap (on the same renders and noise), and for the binding near
+miss of lanterna.training.binding (colours swapped between the two objects, or the relation
+flipped: the same words, bound the other way). First, two lines on the
 shared parts: how far apart the text tower puts captions differing in one word (pooled states)
 against how far apart those words' own input embeddings are (both relative to the first's norm),
 and, token by token, the states of a relation caption against the same with the objects swapped,
@@ -36,7 +38,7 @@ from lanterna.engines import weights  # noqa: E402
 from lanterna.engines.nets.text import ShapesTokenizer, text_context_of  # noqa: E402
 from lanterna.engines.pipeline import LatentDiffusionPipeline  # noqa: E402
 from lanterna.engines.shapes import ShapesEngine, load_clip, load_vae  # noqa: E402
-from lanterna.training import data, train_diffusion  # noqa: E402
+from lanterna.training import binding, data, train_diffusion  # noqa: E402
 from lanterna.world.captions import try_parse  # noqa: E402
 from lanterna.world.palette import HELD_OUT  # noqa: E402
 
@@ -87,9 +89,11 @@ def word_use(name: str, directory: Path | None, renders: int, seed: int) -> dict
     if engine.is_video:
         pixels, captions = data.video_batch(rng, renders, engine.max_frames, engine.defaults.width)
         z0 = train_diffusion.encode_videos(pipe.vae, pixels, "mean")
+        near_misses = [None] * len(captions)
     else:
-        pixels, captions = data.image_batch(rng, renders)
+        pixels, captions, requirements = data.image_batch_with_requirements(rng, renders)
         z0 = train_diffusion.encode_images(pipe.vae, pixels, "mean")
+        near_misses = [binding.binding_negative(c, r, rng) for c, r in zip(captions, requirements)]
     eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
     result: dict = {"model": name, "renders": renders, "text_context": text_context_of(engine.card)}
     for t in NOISE_LEVELS:
@@ -107,6 +111,11 @@ def word_use(name: str, directory: Path | None, renders: int, seed: int) -> dict
             worse = losses(pipe, x_t[keep], t, target[keep], [wrong[i] for i in keep])
             row[f"{kind}_swapped_increase"] = round(float(worse.mean() / right[keep].mean() - 1), 4)
             row[f"{kind}_swapped_renders"] = len(keep)
+        keep = [i for i, miss in enumerate(near_misses) if miss is not None]
+        if keep:
+            worse = losses(pipe, x_t[keep], t, target[keep], [near_misses[i] for i in keep])
+            row["binding_near_miss_increase"] = round(float(worse.mean() / right[keep].mean() - 1), 4)
+            row["binding_near_miss_renders"] = len(keep)
         result[f"t={t}"] = row
     return result
 

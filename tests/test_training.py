@@ -432,3 +432,21 @@ def test_a_task_mix_sets_what_the_image_batches_hold():
     for bad in ({"novel": 1.0}, {"position": -1.0}, ["position"], {"position": "a lot"}):
         with pytest.raises(ValueError, match="task_mix"):
             train_diffusion.training_mix(Recipe(model="unet", extra={"task_mix": bad}))
+
+
+def test_a_binding_contrast_run_scores_near_misses_of_its_own_captions(tmp_path, components, monkeypatch):
+    seen = []
+    plain = train_diffusion.flow_loss_with_binding
+
+    def recorded(net, z0, cond, negatives, rows, *args):
+        seen.append((z0.shape[0], len(rows), None if negatives is None else negatives[0].shape[0]))
+        return plain(net, z0, cond, negatives, rows, *args)
+
+    monkeypatch.setattr(train_diffusion, "flow_loss_with_binding", recorded)
+    recipe = Recipe(model="unet", size="tiny", batch=8, lr=1e-3, warmup=1, bf16=False,
+                    extra={"task_mix": {"color_attr": 1.0}, "binding_contrast": {"weight": 0.1, "margin": 0.05}})
+    train_diffusion.train(str(tmp_path / "bind"), recipe, max_steps=2, max_minutes=None, eval_every=100)
+    assert len(seen) == 2
+    # A colour-attribute caption has a near miss unless it was dropped or the swap would make a
+    # held-out pair; each near miss is encoded once.
+    assert all(batch == 8 and 2 <= rows == negatives for batch, rows, negatives in seen)

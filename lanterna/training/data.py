@@ -7,6 +7,7 @@ import torch
 
 from lanterna.world import sampling
 from lanterna.world.near_miss import near_miss_renders
+from lanterna.world.spec import Requirements
 
 
 def to_pixels(images: np.ndarray) -> torch.Tensor:
@@ -25,8 +26,15 @@ def image_batch(rng: np.random.Generator, n: int,
                 task_mix: dict[str, float] | None = None) -> tuple[torch.Tensor, list[str]]:
     """A mixed batch over the image tasks (`task_mix`, default the training mix), never showing a
     held-out composition."""
-    images, captions, _ = sampling.sample_batch(rng, n, task_mix)
-    return to_pixels(images), captions
+    pixels, captions, _ = image_batch_with_requirements(rng, n, task_mix)
+    return pixels, captions
+
+
+def image_batch_with_requirements(rng: np.random.Generator, n: int, task_mix: dict[str, float] | None = None,
+                                  ) -> tuple[torch.Tensor, list[str], list[Requirements]]:
+    """`image_batch`, with what each caption asks for."""
+    images, captions, scenes = sampling.sample_batch(rng, n, task_mix)
+    return to_pixels(images), captions, [s.requirements for s in scenes]
 
 
 def near_miss_batch(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, list[str]]:

@@ -13,6 +13,7 @@ image batch, e.g. to weight the tasks a model fails most.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -25,7 +26,8 @@ from lanterna.engines.schedules import shift_flow_time
 from lanterna.engines.nets import build_net
 from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner, text_context_of
 from lanterna.engines.nets.vae import AutoencoderKL
-from lanterna.training import data
+from lanterna.training import binding, data
+from lanterna.training.binding import BindingContrast
 from lanterna.training.common import EMA, Recipe, RecipeError, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
 from lanterna.world import sampling
 
@@ -50,15 +52,40 @@ def sample_t(n: int, shift: float = 1.0, generator: torch.Generator | None = Non
     return shift_flow_time(torch.sigmoid(torch.randn(n, generator=generator)), shift)
 
 
-def flow_loss(net: nn.Module, z0: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
-              pooled: torch.Tensor, prediction: str, shift: float = 1.0) -> torch.Tensor:
+@dataclass
+class Noised:
+    x_t: torch.Tensor
+    t: torch.Tensor
+    target: torch.Tensor
+
+
+def noised(z0: torch.Tensor, prediction: str, shift: float = 1.0) -> Noised:
     t = sample_t(z0.shape[0], shift)
     eps = torch.randn_like(z0)
     t_b = t.view(-1, *([1] * (z0.dim() - 1)))
-    x_t = (1 - t_b) * z0 + t_b * eps
-    out = net(x_t, t, context, mask, pooled).float()
-    target = eps - z0 if prediction == "v" else z0
-    return F.mse_loss(out, target)
+    return Noised((1 - t_b) * z0 + t_b * eps, t, eps - z0 if prediction == "v" else z0)
+
+
+def flow_loss(net: nn.Module, z0: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
+              pooled: torch.Tensor, prediction: str, shift: float = 1.0) -> torch.Tensor:
+    n = noised(z0, prediction, shift)
+    return F.mse_loss(net(n.x_t, n.t, context, mask, pooled).float(), n.target)
+
+
+def flow_loss_with_binding(net: nn.Module, z0: torch.Tensor, cond: tuple[torch.Tensor, ...],
+                           negatives: tuple[torch.Tensor, ...] | None, rows: list[int],
+                           prediction: str, shift: float, contrast: BindingContrast) -> tuple[torch.Tensor, dict]:
+    """The flow loss plus the binding term over `rows`, whose near-miss condition is `negatives`."""
+    n = noised(z0, prediction, shift)
+    error = binding.per_sample_error(net(n.x_t, n.t, *cond), n.target)
+    loss = error.mean()
+    if not rows:
+        return loss, {"flow_loss": float(loss.detach())}
+    negative_error = binding.per_sample_error(net(n.x_t[rows], n.t[rows], *negatives), n.target[rows])
+    term = binding.contrast_term(error[rows], negative_error, contrast.margin)
+    held = float((negative_error.detach() > error[rows].detach()).float().mean())
+    return loss + contrast.weight * term, {"flow_loss": float(loss.detach()), "binding_term": float(term.detach()),
+                                           "binding_held": held, "binding_rows": len(rows)}
 
 
 def latent_targets(recipe: Recipe) -> str:
@@ -89,13 +116,32 @@ def training_mix(recipe: Recipe) -> dict[str, float] | None:
     return mix
 
 
+def drop_captions(captions: list[str], rng: np.random.Generator) -> list[str]:
+    return [c if rng.random() >= CAPTION_DROPOUT else "" for c in captions]
+
+
 @torch.no_grad()
-def encode_text(clip: nn.Module, tokenizer: ShapesTokenizer, captions: list[str],
-                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dropped = [c if rng.random() >= CAPTION_DROPOUT else "" for c in captions]
-    tokens = tokenizer.encode(dropped)
+def encode_captions(clip: nn.Module, tokenizer: ShapesTokenizer,
+                    captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    tokens = tokenizer.encode(captions)
     context, pooled = clip.encode_text_tokens(tokens.ids, tokens.mask)
     return context.float(), tokens.mask, pooled.float()
+
+
+def encode_text(clip: nn.Module, tokenizer: ShapesTokenizer, captions: list[str],
+                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return encode_captions(clip, tokenizer, drop_captions(captions, rng))
+
+
+def binding_contrast(recipe: Recipe) -> BindingContrast | None:
+    """`extra.binding_contrast` (image models only): see lanterna.training.binding."""
+    try:
+        contrast = BindingContrast.from_extra(recipe.extra.get("binding_contrast"))
+    except ValueError as error:
+        raise RecipeError(str(error)) from error
+    if contrast is not None and recipe.model == "video":
+        raise RecipeError("binding_contrast: image models only (motion captions have no binding near miss)")
+    return contrast
 
 
 @torch.no_grad()
@@ -129,8 +175,25 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
     latents = latent_targets(recipe)
     shift = float(recipe.extra.get("shift", 1.0))
     task_mix = training_mix(recipe)
+    contrast = binding_contrast(recipe)
+
+    def binding_step(step: int) -> dict:
+        pixels, captions, requirements = data.image_batch_with_requirements(np_rng, recipe.batch, task_mix)
+        z0 = encode_images(vae, pixels, latents)
+        captions = drop_captions(captions, np_rng)
+        cond = encode_captions(clip, tokenizer, captions)
+        found = [(i, binding.binding_negative(c, r, np_rng)) for i, (c, r) in enumerate(zip(captions, requirements))]
+        found = [(i, text) for i, text in found if text is not None]
+        rows = [i for i, _ in found]
+        negatives = encode_captions(clip, tokenizer, [text for _, text in found]) if found else None
+        with autocast(recipe.bf16):
+            loss, parts = flow_loss_with_binding(net, z0, cond, negatives, rows, prediction, shift, contrast)
+        grad = optimizer_step(trainable, loss, recipe, step)
+        return {"loss": float(loss.detach()), "grad_norm": grad, **parts}
 
     def step_fn(step: int) -> dict:
+        if contrast is not None:
+            return binding_step(step)
         if recipe.model == "video":
             videos, captions = data.video_batch(np_rng, recipe.batch, frames, size)
             z0 = encode_videos(vae, videos, latents)
