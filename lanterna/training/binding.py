@@ -87,6 +87,14 @@ def binding_negative(caption: str, req: Requirements, rng: np.random.Generator) 
     return text if try_parse(text) == miss else None
 
 
+def binding_negatives(captions: list[str], requirements: list[Requirements],
+                      rng: np.random.Generator) -> tuple[list[int], list[str]]:
+    """The rows of a batch that have a binding near miss, and the near misses."""
+    found = [(i, binding_negative(c, r, rng)) for i, (c, r) in enumerate(zip(captions, requirements))]
+    found = [(i, text) for i, text in found if text is not None]
+    return [i for i, _ in found], [text for _, text in found]
+
+
 def per_sample_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(out.float(), target, reduction="none").flatten(1).mean(1)
 

@@ -182,10 +182,8 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
         z0 = encode_images(vae, pixels, latents)
         captions = drop_captions(captions, np_rng)
         cond = encode_captions(clip, tokenizer, captions)
-        found = [(i, binding.binding_negative(c, r, np_rng)) for i, (c, r) in enumerate(zip(captions, requirements))]
-        found = [(i, text) for i, text in found if text is not None]
-        rows = [i for i, _ in found]
-        negatives = encode_captions(clip, tokenizer, [text for _, text in found]) if found else None
+        rows, texts = binding.binding_negatives(captions, requirements, np_rng)
+        negatives = encode_captions(clip, tokenizer, texts) if rows else None
         with autocast(recipe.bf16):
             loss, parts = flow_loss_with_binding(net, z0, cond, negatives, rows, prediction, shift, contrast)
         grad = optimizer_step(trainable, loss, recipe, step)
