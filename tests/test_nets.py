@@ -18,7 +18,8 @@ from lanterna.engines.nets.layers import Attention, TimestepEmbedder, timestep_e
 from lanterna.engines.nets.text import ShapesCLIPConfig, ShapesTokenizer, text_conditioner
 from lanterna.engines.nets.vae import DiagonalGaussian
 
-DENOISERS = ("dit", "unet", "video_dit")
+DENOISERS = ("dit", "unet", "video_dit", "video_unet")
+VIDEO = ("video_dit", "video_unet")
 CONTEXT_LEN = 24
 
 
@@ -39,7 +40,7 @@ def randomize_zero_init(net: nn.Module, std: float = 0.2) -> nn.Module:
 
 def denoiser_inputs(kind: str, batch: int = 3, frames: int = 6) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(2)
-    shape = (batch, 4, frames, 8, 8) if kind == "video_dit" else (batch, 4, 16, 16)
+    shape = (batch, 4, frames, 8, 8) if kind in VIDEO else (batch, 4, 16, 16)
     x = torch.randn(shape, generator=g)
     t = torch.rand(batch, generator=g)
     dim = NET_SIZES[kind]["tiny"]["context_dim"]
@@ -489,3 +490,31 @@ def test_unet_grown_with_a_text_mixer_computes_the_same_then_reads_word_order():
     assert moved > 1e-3
     with pytest.raises(ValueError, match="mixer covers"):
         grown(x, t, torch.randn(3, 30, context.shape[-1]), torch.ones(3, 30, dtype=torch.bool), pooled)
+
+
+# -- the video U-Net -----------------------------------------------------------------------------
+def test_a_video_unet_starts_as_the_image_unet_frame_by_frame_then_mixes_frames():
+    image = randomize_zero_init(tiny("unet"))
+    video = tiny("video_unet")
+    missing = video.load_state_dict(image.state_dict(), strict=False).missing_keys
+    assert missing and all(".temporal." in k for k in missing)
+    assert all(k.startswith(video.optional_prefixes) for k in missing)
+    x, t, context, mask, pooled = denoiser_inputs("video_unet", batch=2, frames=5)
+    with torch.no_grad():
+        out = video(x, t, context, mask, pooled)
+        each = torch.stack([image(x[:, :, f], t, context, mask, pooled) for f in range(5)], dim=2)
+        assert torch.allclose(out, each, atol=1e-5)
+        randomize_zero_init(video)  # the temporal layers, as after training
+        moved = x.clone()
+        moved[:, :, 0] += 1.0
+        changed = video(moved, t, context, mask, pooled) - video(x, t, context, mask, pooled)
+    assert changed[:, :, 3].abs().max() > 1e-3  # frame 0's input reaches frame 3
+
+
+def test_a_video_unet_refuses_images_and_too_many_frames():
+    net = tiny("video_unet")
+    x, *cond = denoiser_inputs("video_unet", batch=1, frames=17)
+    with pytest.raises(ValueError, match="frames: 1 to 16"):
+        net(x, *cond)
+    with pytest.raises(ValueError, match="B x C x F x H x W"):
+        net(x[:, :, 0], *cond)

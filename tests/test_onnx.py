@@ -85,6 +85,15 @@ def test_video_denoiser_agrees_with_torch(bundle, tmp_path):
     assert max_abs_difference(tmp_path / "denoiser.onnx", spec, 2, seed=7) <= 1e-3
 
 
+def test_video_unet_denoiser_agrees_with_torch(tmp_path):
+    bundle = save_tiny_bundle(tmp_path / "weights", kinds=("video_unet",))
+    spec = onnx_backend.graph_specs(ShapesEngine("shapes-video", bundle))["denoiser"]
+    onnx_backend.export_graph(spec, tmp_path / "denoiser.onnx", attention="decomposed")
+    assert max_abs_difference(tmp_path / "denoiser.onnx", spec, 2, seed=3) <= 1e-3
+    spec.make_inputs = with_frames(spec.make_inputs, 3)  # the frame axis is dynamic too
+    assert max_abs_difference(tmp_path / "denoiser.onnx", spec, 1, seed=5) <= 1e-3
+
+
 def with_frames(make, frames):
     def make_fewer(batch, g):
         x, *rest = make(batch, g)

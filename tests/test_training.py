@@ -450,3 +450,37 @@ def test_a_binding_contrast_run_scores_near_misses_of_its_own_captions(tmp_path,
     # A colour-attribute caption has a near miss unless it was dropped or the swap would make a
     # held-out pair; each near miss is encoded once.
     assert all(batch == 8 and 2 <= rows == negatives for batch, rows, negatives in seen)
+
+
+def test_a_video_unet_run_starts_from_image_unet_weights_and_exports_a_video_model(tmp_path, components):
+    weights_dir = components
+    image_recipe = Recipe(model="unet", size="tiny", batch=2, lr=1e-3, warmup=1, bf16=False,
+                          extra={"text_context": "states+words"})
+    image_net, image_run = train_diffusion.train(str(tmp_path / "image"), image_recipe, max_steps=1,
+                                                 max_minutes=None, eval_every=100)
+    export.export_denoiser(image_net, image_run, image_recipe, weights_dir)
+    image_state = weights.load_state("shapes-unet", weights_dir)
+    recipe = Recipe(model="video", size="tiny", batch=2, lr=1e-3, warmup=1, bf16=False, ema=0.9,
+                    extra={"frames": 4, "size": 32, "net_kind": "video_unet", "spatial_from": "shapes-unet",
+                           "text_context": "states+words"})
+    start, _ = train_diffusion.train(str(tmp_path / "start"), recipe, max_steps=0, max_minutes=None, eval_every=100)
+    own = start.state_dict()
+    assert all(torch.equal(own[k], v.float()) for k, v in image_state.items())
+    assert any(".temporal." in k for k in own) and set(image_state) < set(own)
+    net, run = train_diffusion.train(str(tmp_path / "video"), recipe, max_steps=2, max_minutes=None, eval_every=100)
+    export.export_denoiser(net, run, recipe, weights_dir)
+    card = weights.read_card("shapes-video", weights_dir)
+    assert card["net"] == "video_unet" and card["recipe"]["extra"]["spatial_from"] == "shapes-unet"
+    out = ShapesEngine("shapes-video", weights_dir).run(
+        GenerationRequest(task="t2v", prompt="a red circle moving left", seeds=[0], steps=2))
+    assert len(out.videos[0]) == 4 and out.videos[0][0].size == (32, 32)
+
+
+def test_image_weights_start_only_a_fresh_video_unet(tmp_path, components):
+    for extra, match in (({"spatial_from": "shapes-unet"}, "only a video_unet"),
+                         ({"net_kind": "unet"}, "net_kind"),
+                         ({"net_kind": "video_unet", "spatial_from": "shapes-unet", "init_from": "shapes-video"},
+                          "--init-from")):
+        recipe = Recipe(model="video", size="tiny", batch=2, extra={"frames": 4, "size": 32, **extra})
+        with pytest.raises(ValueError, match=match):
+            train_diffusion.train(str(tmp_path / match[:4]), recipe, max_steps=0, max_minutes=None)

@@ -55,13 +55,13 @@ def save_tiny_bundle(directory: Path, kinds: tuple[str, ...] = ("dit", "video_di
 
     `config` overrides the denoisers' tiny net configs (e.g. context_layers=1 for the U-Net).
     """
-    names = {"dit": "shapes-dit", "unet": "shapes-unet", "video_dit": "shapes-video"}
+    names = {"dit": "shapes-dit", "unet": "shapes-unet", "video_dit": "shapes-video", "video_unet": "shapes-video"}
     for name, module, net in (("shapes-vae", tiny_vae(), "vae"), ("shapes-clip", tiny_clip(), "clip")):
         weights.save_module(module, name, directory)
         weights.write_card(name, {"name": name, "net": net, "config": asdict(module.config)}, directory)
     for kind in kinds:
         net = tiny_denoiser(kind, text_context, **config)
-        video = kind == "video_dit"
+        video = kind in ("video_dit", "video_unet")
         card = {
             "name": names[kind], "net": kind, "config": asdict(net.config), "prediction": "v",
             "text_context": text_context,

@@ -23,7 +23,7 @@ from lanterna.engines.base import (
     InvalidRequest,
     StepCallback,
 )
-from lanterna.engines.nets import build_net
+from lanterna.engines.nets import VIDEO_NET_KINDS, build_net
 from lanterna.engines.nets.text import ShapesCLIP, ShapesCLIPConfig, ShapesTokenizer, text_conditioner, text_context_of
 from lanterna.engines.nets.vae import AutoencoderKL, VAEConfig
 from lanterna.engines.pipeline import LatentDiffusionPipeline, SamplingOptions
@@ -63,7 +63,7 @@ class ShapesEngine:
         self.directory = directory
         self.card = weights.read_card(name, directory)
         self.kind = f"shapes-{self.card['net']}"
-        self.is_video = self.card["net"] == "video_dit"
+        self.is_video = self.card["net"] in VIDEO_NET_KINDS
         self.capabilities = frozenset({"t2v"} if self.is_video else {"t2i", "i2i", "inpaint"})
         d = self.card["defaults"]
         self.defaults = EngineDefaults(

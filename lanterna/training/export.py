@@ -103,7 +103,9 @@ def export_clip(clip: nn.Module, run: Run, recipe: Recipe, directory: Path | Non
 def export_denoiser(net: nn.Module, run: Run, recipe: Recipe, directory: Path | None = None,
                     half: bool = False) -> None:
     name = {"dit": "shapes-dit", "unet": "shapes-unet", "video": "shapes-video"}[recipe.model]
-    kind = {"dit": "dit", "unet": "unet", "video": "video_dit"}[recipe.model]
+    from lanterna.training.train_diffusion import net_kind
+
+    kind = net_kind(recipe)
     card = base_card(name, kind, net, run, recipe)
     video = recipe.model == "video"
     size = recipe.extra.get("size", 64)

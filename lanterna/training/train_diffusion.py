@@ -28,7 +28,8 @@ from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner, text_c
 from lanterna.engines.nets.vae import AutoencoderKL
 from lanterna.training import binding, data
 from lanterna.training.binding import BindingContrast
-from lanterna.training.common import EMA, Recipe, RecipeError, Run, Trainable, autocast, make_optimizer, optimizer_step, run_loop
+from lanterna.training.common import (EMA, Recipe, RecipeError, Run, Trainable, WeightsDoNotFit, autocast, load_widened,
+                                      make_optimizer, optimizer_step, run_loop)
 from lanterna.world import sampling
 
 log = logging.getLogger("lanterna.training.diffusion")
@@ -37,10 +38,45 @@ CAPTION_DROPOUT = 0.1
 NET_FOR_MODEL = {"dit": "dit", "unet": "unet", "video": "video_dit"}
 
 
+def net_kind(recipe: Recipe) -> str:
+    """The model's net: `extra.net_kind` picks the video model's (video_dit, the default, or video_unet)."""
+    from lanterna.engines.nets import VIDEO_NET_KINDS
+
+    kind = recipe.extra.get("net_kind", NET_FOR_MODEL[recipe.model])
+    allowed = VIDEO_NET_KINDS if recipe.model == "video" else (NET_FOR_MODEL[recipe.model],)
+    if kind not in allowed:
+        raise RecipeError(f"net_kind: {recipe.model} trains {' or '.join(allowed)}, not {kind!r}")
+    return kind
+
+
+def start_from_image_net(trainable: Trainable, recipe: Recipe) -> None:
+    """`extra.spatial_from`: a fresh video U-Net run takes its image layers from exported image
+    U-Net weights (its temporal layers keep their identity start), so it begins by drawing every
+    frame as that model draws an image."""
+    from lanterna.engines import weights
+
+    name = recipe.extra["spatial_from"]
+    if net_kind(recipe) != "video_unet":
+        raise RecipeError(f"spatial_from: only a video_unet starts from image weights, this run trains {net_kind(recipe)}")
+    if recipe.extra.get("init_from"):
+        raise RecipeError("spatial_from starts a new video run; --init-from continues one: give one of them")
+    card = weights.read_card(name)
+    if card["net"] != "unet" or text_context_of(card) != text_context_of(recipe.extra):
+        raise RecipeError(f"spatial_from: {name} is a {card['net']} reading {text_context_of(card)!r}; "
+                          f"this run needs a unet reading {text_context_of(recipe.extra)!r}")
+    state = weights.load_state(name)
+    try:
+        for model in (trainable.model, *([trainable.ema.model] if trainable.ema is not None else [])):
+            load_widened(model, state)
+    except WeightsDoNotFit as error:
+        raise RecipeError(f"spatial_from: {name} does not fit this run's net ({error})") from error
+    log.info("video U-Net starts from %s (step %d)", name, card.get("steps", 0))
+
+
 def build_denoiser(recipe: Recipe, text_dim: int) -> nn.Module:
     from lanterna.engines.nets import NET_SIZES
 
-    kind = NET_FOR_MODEL[recipe.model]
+    kind = net_kind(recipe)
     config = dict(NET_SIZES[kind][recipe.size])
     config.update(recipe.extra.get("net", {}))
     config["context_dim"] = text_dim
@@ -169,6 +205,8 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
     net = build_denoiser(recipe, clip.context_width)
     trainable = Trainable(net, make_optimizer(net, recipe), EMA(net, recipe.ema))
     run = Run(run_dir)
+    if recipe.extra.get("spatial_from") and not run.has_checkpoint():
+        start_from_image_net(trainable, recipe)
     prediction = recipe.extra.get("prediction", "v")
     frames = recipe.extra.get("frames", 16)
     size = recipe.extra.get("size", 64)

@@ -13,17 +13,19 @@ from torch import nn
 
 from lanterna.engines.nets.dit import DIT_SIZES, DiT, DiTConfig
 from lanterna.engines.nets.text import CLIP_SIZES, ShapesCLIP, ShapesCLIPConfig
-from lanterna.engines.nets.unet import UNET_SIZES, UNet, UNetConfig
+from lanterna.engines.nets.unet import UNET_SIZES, VIDEO_UNET_SIZES, UNet, UNetConfig, VideoUNet, VideoUNetConfig
 from lanterna.engines.nets.vae import VAE_SIZES, AutoencoderKL, VAEConfig
 from lanterna.engines.nets.video_dit import VIDEO_DIT_SIZES, VideoDiT, VideoDiTConfig
 
-NET_KINDS = ("vae", "dit", "unet", "video_dit", "clip")
+NET_KINDS = ("vae", "dit", "unet", "video_dit", "video_unet", "clip")
+VIDEO_NET_KINDS = ("video_dit", "video_unet")
 
 NET_CLASSES: dict[str, tuple[type[nn.Module], type]] = {
     "vae": (AutoencoderKL, VAEConfig),
     "dit": (DiT, DiTConfig),
     "unet": (UNet, UNetConfig),
     "video_dit": (VideoDiT, VideoDiTConfig),
+    "video_unet": (VideoUNet, VideoUNetConfig),
     "clip": (ShapesCLIP, ShapesCLIPConfig),
 }
 
@@ -32,6 +34,7 @@ NET_SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "dit": DIT_SIZES,
     "unet": UNET_SIZES,
     "video_dit": VIDEO_DIT_SIZES,
+    "video_unet": VIDEO_UNET_SIZES,
     "clip": CLIP_SIZES,
 }
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lanterna.engines.nets.layers import (MLP, Attention, SelfAttentionBlock, TimestepEmbedder,
-                                         batch_timesteps)
+                                         batch_timesteps, sincos_1d)
 
 
 @dataclass(frozen=True)
@@ -108,19 +108,40 @@ class TransformerBlock(nn.Module):
         return x + self.proj_out(tokens).transpose(1, 2).reshape(b, c, h, w)
 
 
+class TemporalAttention(nn.Module):
+    """Self-attention across the frames at each latent pixel (the temporal layers of Video LDM,
+    Blattmann et al. 2023), with a fixed sin-cos frame embedding added for the block and taken
+    off after, so that it starts as the identity and a video net begins as the image net."""
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        self.block = SelfAttentionBlock(channels, heads, 2.0).starting_as_identity()
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        bf, c, h, w = x.shape
+        b = bf // frames
+        tokens = x.reshape(b, frames, c, h * w).permute(0, 3, 1, 2).reshape(b * h * w, frames, c)
+        position = sincos_1d(c, torch.arange(frames, device=x.device)).to(x.dtype)
+        tokens = self.block(tokens + position) - position
+        return tokens.reshape(b, h * w, frames, c).permute(0, 2, 3, 1).reshape(bf, c, h, w)
+
+
 class Stage(nn.Module):
-    """A residual block, optionally followed by a transformer block."""
+    """A residual block, optionally followed by a transformer block, and in a video net by
+    temporal attention."""
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, config: UNetConfig, attention: bool) -> None:
         super().__init__()
         self.res = ResBlock(in_ch, out_ch, emb_dim, config.norm_groups)
         self.attn = (TransformerBlock(out_ch, config.heads, config.context_dim, config.norm_groups)
                      if attention else None)
+        self.temporal = TemporalAttention(out_ch, config.heads) if getattr(config, "max_frames", 0) else None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor,
-                context_mask: torch.Tensor) -> torch.Tensor:
+                context_mask: torch.Tensor, frames: int = 1) -> torch.Tensor:
         x = self.res(x, emb)
-        return x if self.attn is None else self.attn(x, context, context_mask)
+        x = x if self.attn is None else self.attn(x, context, context_mask)
+        return x if self.temporal is None else self.temporal(x, frames)
 
 
 class ContextMixer(nn.Module):
@@ -220,23 +241,77 @@ class UNet(nn.Module):
     def downsampling(self) -> int:
         return 2 ** (len(self.config.channels) - 1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                context_mask: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    def check_size(self, x: torch.Tensor) -> None:
         if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
             raise ValueError(f"latent size {tuple(x.shape[-2:])} is not divisible by {self.downsampling}")
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
+              pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The timestep + pooled text embedding, and the text tokens (mixed, if the net mixes them)."""
         emb = self.t_embedder(batch_timesteps(t, x.shape[0], x.device)) + self.pooled_embedder(pooled)
         if self.context_mixer is not None:
             context = self.context_mixer(context, context_mask)
+        return emb, context
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        self.check_size(x)
+        emb, context = self.embed(x, t, context, context_mask, pooled)
+        return self.body(x, emb, context, context_mask)
+
+    def body(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
+             frames: int = 1) -> torch.Tensor:
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:
-            h = layer(h) if isinstance(layer, Downsample) else layer(h, emb, context, context_mask)
+            h = layer(h) if isinstance(layer, Downsample) else layer(h, emb, context, context_mask, frames)
             skips.append(h)
         for layer in self.mid:
-            h = layer(h, emb, context, context_mask)
+            h = layer(h, emb, context, context_mask, frames)
         for layer in self.up:
             if isinstance(layer, Upsample):
                 h = layer(h)
             else:
-                h = layer(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+                h = layer(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask, frames)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+@dataclass(frozen=True)
+class VideoUNetConfig(UNetConfig):
+    max_frames: int = 16
+
+
+VIDEO_UNET_SIZES: dict[str, dict] = {
+    "tiny": dict(UNET_SIZES["tiny"], max_frames=16),
+    # The image U-Net's default, its stages each followed by temporal attention (+1.2 M parameters).
+    "default": dict(UNET_SIZES["default"], max_frames=16),
+}
+
+
+class VideoUNet(UNet):
+    """The U-Net over B x C x F x H x W video latents: every frame goes through the image net's
+    layers (its text, timestep and weights shared by the frames), and after every stage temporal
+    attention mixes the frames at each latent pixel. The temporal layers start as the identity, so
+    a video net can start from a trained image U-Net's weights and first draws each frame as that
+    net would, then learns motion (the recipe of Video LDM, Blattmann et al. 2023)."""
+
+    config: VideoUNetConfig
+
+    @property
+    def optional_prefixes(self) -> tuple[str, ...]:
+        stages = [name for name, m in self.named_modules() if isinstance(m, Stage)]
+        return (*super().optional_prefixes, *(f"{name}.temporal." for name in stages))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5:
+            raise ValueError(f"a video latent is B x C x F x H x W, got shape {tuple(x.shape)}")
+        b, c, f, h, w = x.shape
+        if not 1 <= f <= self.config.max_frames:
+            raise ValueError(f"frames: 1 to {self.config.max_frames}, got {f}")
+        self.check_size(x)
+        emb, context = self.embed(x, t, context, context_mask, pooled)
+        frames = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        out = self.body(frames, emb.repeat_interleave(f, 0), context.repeat_interleave(f, 0),
+                        context_mask.repeat_interleave(f, 0), f)
+        return out.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
