@@ -218,12 +218,14 @@ def test_a_run_continued_from_weights_keeps_the_cards_options(tmp_path, monkeypa
     monkeypatch.setattr(train_diffusion, "train", lambda run_dir, recipe, *a, **k: seen.append(recipe) or (None, None))
     monkeypatch.setenv("LANTERNA_WEIGHTS_DIR", str(tmp_path / "w"))
     weights.write_card("shapes-video", {"recipe": {"extra": {
-        "frames": 8, "size": 32, "latents": "sample", "init_from": "older"}}}, tmp_path / "w")
+        "frames": 8, "size": 32, "latents": "sample", "init_from": "older", "net_kind": "video_unet",
+        "spatial_from": "shapes-unet"}}}, tmp_path / "w")
     args = ["train", "video", "--init-from", "shapes-video", "--steps", "1"]
     assert main([*args, "--run-dir", str(tmp_path / "a"), "--extra", '{"size": 48}']) == 0
     extra = seen[-1].extra
     assert (extra["frames"], extra["size"]) == (8, 48)  # the card's, unless --extra says otherwise
     assert extra["latents"] == "mean" and extra["init_from"] == "shapes-video"  # new-run defaults win
+    assert extra["net_kind"] == "video_unet" and "spatial_from" not in extra  # how the run began is not
     assert main(["train", "video", "--run-dir", str(tmp_path / "b"), "--steps", "1"]) == 0
     assert "frames" not in seen[-1].extra  # without --init-from nothing is carried
 

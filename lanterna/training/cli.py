@@ -83,7 +83,8 @@ def card_extra(name: str) -> dict:
         card = weights.read_card(name)
     except weights.MissingWeights:
         return {}  # loading the weights will say what is missing
-    return {k: v for k, v in card.get("recipe", {}).get("extra", {}).items() if k != "init_from"}
+    # Where the weights came from belongs to the run that began from them (the card's history keeps it).
+    return {k: v for k, v in card.get("recipe", {}).get("extra", {}).items() if k not in ("init_from", "spatial_from")}
 
 
 def recipe_from_args(args: argparse.Namespace, continued: dict | None = None) -> Recipe:
