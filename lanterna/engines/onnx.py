@@ -1,6 +1,6 @@
 """ONNX export of the in-repo models, and the ONNX Runtime backend of the Shapes engine.
 
-Three parts of a model are exported: the denoiser (DiT, U-Net or video DiT), the text encoder
+Three parts of a model are exported: the denoiser (DiT, U-Net, video DiT or video U-Net), the text encoder
 (`ShapesCLIP.encode_text_tokens`) and the VAE decoder. Each gets a dynamic batch axis (the video
 denoiser a dynamic frame axis too), is checked with onnx's checker and against torch on random
 inputs at batch 1 and 3, and only then written, into a folder named after the weights hash

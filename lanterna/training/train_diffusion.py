@@ -1,4 +1,4 @@
-"""Train the latent diffusion models (`shapes-dit`, `shapes-unet`, `shapes-video`).
+"""Train the latent diffusion models (`shapes-dit`, `shapes-unet`, `shapes-video`: a video DiT, or a video U-Net started from `shapes-unet`).
 
 Rectified flow (Liu et al. 2022; Esser et al. 2024): x_t = (1 - t) x0 + t eps, the net predicts
 the velocity eps - x0 (or x0 itself), t drawn logit-normally, which Esser et al. found best
