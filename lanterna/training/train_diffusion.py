@@ -1,4 +1,5 @@
-"""Train the latent diffusion models (`shapes-dit`, `shapes-unet`, `shapes-video`: a video DiT, or a video U-Net started from `shapes-unet`).
+"""Train the latent diffusion models (`shapes-dit`, `shapes-unet`, `shapes-video`: a video DiT, or a
+video U-Net started from `shapes-unet`).
 
 Rectified flow (Liu et al. 2022; Esser et al. 2024): x_t = (1 - t) x0 + t eps, the net predicts
 the velocity eps - x0 (or x0 itself), t drawn logit-normally, which Esser et al. found best
@@ -57,7 +58,8 @@ def start_from_image_net(trainable: Trainable, recipe: Recipe) -> None:
 
     name = recipe.extra["spatial_from"]
     if net_kind(recipe) != "video_unet":
-        raise RecipeError(f"spatial_from: only a video_unet starts from image weights, this run trains {net_kind(recipe)}")
+        raise RecipeError(f"spatial_from: only a video_unet starts from image weights, "
+                          f"this run trains {net_kind(recipe)}")
     if recipe.extra.get("init_from"):
         raise RecipeError("spatial_from starts a new video run; --init-from continues one: give one of them")
     card = weights.read_card(name)
