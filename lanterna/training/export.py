@@ -14,6 +14,7 @@ from torch import nn
 from lanterna.engines import weights
 from lanterna.engines.nets.text import text_context_of
 from lanterna.training.common import Recipe, Run
+from lanterna.training.train_diffusion import net_kind
 
 log = logging.getLogger("lanterna.training.export")
 
@@ -103,8 +104,6 @@ def export_clip(clip: nn.Module, run: Run, recipe: Recipe, directory: Path | Non
 def export_denoiser(net: nn.Module, run: Run, recipe: Recipe, directory: Path | None = None,
                     half: bool = False) -> None:
     name = {"dit": "shapes-dit", "unet": "shapes-unet", "video": "shapes-video"}[recipe.model]
-    from lanterna.training.train_diffusion import net_kind
-
     kind = net_kind(recipe)
     card = base_card(name, kind, net, run, recipe)
     video = recipe.model == "video"

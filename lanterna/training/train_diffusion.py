@@ -166,11 +166,6 @@ def encode_captions(clip: nn.Module, tokenizer: ShapesTokenizer,
     return context.float(), tokens.mask, pooled.float()
 
 
-def encode_text(clip: nn.Module, tokenizer: ShapesTokenizer, captions: list[str],
-                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return encode_captions(clip, tokenizer, drop_captions(captions, rng))
-
-
 def binding_contrast(recipe: Recipe) -> BindingContrast | None:
     """`extra.binding_contrast` (image models only): see lanterna.training.binding."""
     try:
@@ -217,32 +212,26 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
     task_mix = training_mix(recipe)
     contrast = binding_contrast(recipe)
 
-    def binding_step(step: int) -> dict:
-        pixels, captions, requirements = data.image_batch_with_requirements(np_rng, recipe.batch, task_mix)
-        z0 = encode_images(vae, pixels, latents)
-        captions = drop_captions(captions, np_rng)
-        cond = encode_captions(clip, tokenizer, captions)
-        rows, texts = binding.binding_negatives(captions, requirements, np_rng)
-        negatives = encode_captions(clip, tokenizer, texts) if rows else None
-        with autocast(recipe.bf16):
-            loss, parts = flow_loss_with_binding(net, z0, cond, negatives, rows, prediction, shift, contrast)
-        grad = optimizer_step(trainable, loss, recipe, step)
-        return {"loss": float(loss.detach()), "grad_norm": grad, **parts}
-
     def step_fn(step: int) -> dict:
-        if contrast is not None:
-            return binding_step(step)
         if recipe.model == "video":
             videos, captions = data.video_batch(np_rng, recipe.batch, frames, size)
             z0 = encode_videos(vae, videos, latents)
         else:
-            pixels, captions = data.image_batch(np_rng, recipe.batch, task_mix)
+            pixels, captions, requirements = data.image_batch_with_requirements(np_rng, recipe.batch, task_mix)
             z0 = encode_images(vae, pixels, latents)
-        context, mask, pooled = encode_text(clip, tokenizer, captions, np_rng)
-        with autocast(recipe.bf16):
-            loss = flow_loss(net, z0, context, mask, pooled, prediction, shift)
+        captions = drop_captions(captions, np_rng)
+        cond = encode_captions(clip, tokenizer, captions)
+        parts: dict = {}
+        if contrast is None:
+            with autocast(recipe.bf16):
+                loss = flow_loss(net, z0, *cond, prediction, shift)
+        else:
+            rows, texts = binding.binding_negatives(captions, requirements, np_rng)
+            negatives = encode_captions(clip, tokenizer, texts) if rows else None
+            with autocast(recipe.bf16):
+                loss, parts = flow_loss_with_binding(net, z0, cond, negatives, rows, prediction, shift, contrast)
         grad = optimizer_step(trainable, loss, recipe, step)
-        return {"loss": float(loss.detach()), "grad_norm": grad}
+        return {"loss": float(loss.detach()), "grad_norm": grad, **parts}
 
     def evaluate_ema(step: int) -> dict:
         return {} if evaluate is None else evaluate(trainable.inference_model, step)
