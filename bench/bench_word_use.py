@@ -77,8 +77,8 @@ def usable(caption: str) -> bool:
 @torch.no_grad()
 def losses(pipe: LatentDiffusionPipeline, x_t, t, target, captions: list[str]) -> torch.Tensor:
     text = pipe.encode_prompts(captions)
-    out = pipe.denoiser(x_t, torch.full((len(captions),), t), text.context, text.mask, text.pooled).float()
-    return ((out - target) ** 2).flatten(1).mean(1)
+    out = pipe.denoiser(x_t, torch.full((len(captions),), t), text.context, text.mask, text.pooled)
+    return binding.per_sample_error(out, target)
 
 
 def word_use(name: str, directory: Path | None, renders: int, seed: int) -> dict:

@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lanterna.engines.nets import NET_CLASSES, NET_KINDS, NET_SIZES, build_net, count_params
+from lanterna.engines.nets import NET_CLASSES, NET_KINDS, NET_SIZES, VIDEO_NET_KINDS, build_net, count_params
 from lanterna.engines.nets.dit import DiTBlock
 from lanterna.engines.nets.layers import Attention, TimestepEmbedder, timestep_embedding
 from lanterna.engines.nets.text import ShapesCLIPConfig, ShapesTokenizer, text_conditioner
 from lanterna.engines.nets.vae import DiagonalGaussian
 
 DENOISERS = ("dit", "unet", "video_dit", "video_unet")
-VIDEO = ("video_dit", "video_unet")
+VIDEO = VIDEO_NET_KINDS
 CONTEXT_LEN = 24
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from lanterna.engines import weights
-from lanterna.engines.nets import NET_SIZES, build_net
+from lanterna.engines.nets import NET_SIZES, VIDEO_NET_KINDS, build_net
 from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner
 from lanterna.engines.pipeline import LatentDiffusionPipeline
 
@@ -61,7 +61,7 @@ def save_tiny_bundle(directory: Path, kinds: tuple[str, ...] = ("dit", "video_di
         weights.write_card(name, {"name": name, "net": net, "config": asdict(module.config)}, directory)
     for kind in kinds:
         net = tiny_denoiser(kind, text_context, **config)
-        video = kind in ("video_dit", "video_unet")
+        video = kind in VIDEO_NET_KINDS
         card = {
             "name": names[kind], "net": kind, "config": asdict(net.config), "prediction": "v",
             "text_context": text_context,
