@@ -511,6 +511,32 @@ def test_a_video_unet_starts_as_the_image_unet_frame_by_frame_then_mixes_frames(
     assert changed[:, :, 3].abs().max() > 1e-3  # frame 0's input reaches frame 3
 
 
+def with_space_time() -> nn.Module:
+    torch.manual_seed(0)
+    return build_net("video_unet", {**NET_SIZES["video_unet"]["tiny"], "spacetime_mid": True}).eval()
+
+
+def test_space_time_attention_starts_as_the_identity_then_carries_frames_into_each_other():
+    trained = randomize_zero_init(tiny("video_unet"))  # temporal layers and all
+    grown = with_space_time()
+    missing = grown.load_state_dict(trained.state_dict(), strict=False).missing_keys
+    assert missing and all(".spacetime." in k and k.startswith(grown.optional_prefixes) for k in missing)
+    x, t, context, mask, pooled = denoiser_inputs("video_unet", batch=2, frames=5)
+    moved = x.clone()
+    moved[:, :, 0] += 1.0
+    with torch.no_grad():
+        assert torch.allclose(grown(x, t, context, mask, pooled), trained(x, t, context, mask, pooled), atol=1e-5)
+        # Temporal layers at their identity start, the rest trained: only space-time layers mix frames.
+        nets = [with_space_time(), tiny("video_unet")]
+        for net in nets:
+            for name, p in net.named_parameters():
+                if ".temporal." not in name and not p.any():
+                    p.normal_(0.0, 0.2)
+        reach = [(net(moved, t, context, mask, pooled) - net(x, t, context, mask, pooled))[:, :, 3].abs().max()
+                 for net in nets]
+    assert reach[0] > 1e-3 and reach[1] < 1e-6  # frame 0 reaches frame 3 only through them
+
+
 def test_a_video_unet_refuses_images_and_too_many_frames():
     net = tiny("video_unet")
     x, *cond = denoiser_inputs("video_unet", batch=1, frames=17)

@@ -478,6 +478,28 @@ def test_a_video_unet_run_starts_from_image_unet_weights_and_exports_a_video_mod
     assert len(out.videos[0]) == 4 and out.videos[0][0].size == (32, 32)
 
 
+def test_a_video_unet_run_adds_space_time_attention_to_exported_video_weights(tmp_path, components):
+    weights_dir = components
+    extra = {"frames": 4, "size": 32, "net_kind": "video_unet", "text_context": "states+words"}
+    plain = Recipe(model="video", size="tiny", batch=2, lr=1e-3, warmup=1, bf16=False, ema=0.9, extra=extra)
+    net, run = train_diffusion.train(str(tmp_path / "plain"), plain, max_steps=1, max_minutes=None, eval_every=100)
+    export.export_denoiser(net, run, plain, weights_dir)
+    saved = weights.load_state("shapes-video", weights_dir)
+    grown = Recipe(model="video", size="tiny", batch=2, lr=1e-3, warmup=1, bf16=False, ema=0.9,
+                   extra={**extra, "init_from": "shapes-video", "net": {"spacetime_mid": True}})
+    start, _ = train_diffusion.train(str(tmp_path / "start"), grown, max_steps=None, max_minutes=0,
+                                     eval_every=100)  # no step taken: the net it starts from
+    own = start.state_dict()
+    assert all(torch.equal(own[k], v.float()) for k, v in saved.items())
+    assert any(".spacetime." in k for k in own) and set(saved) < set(own)
+    net, run = train_diffusion.train(str(tmp_path / "grown"), grown, max_steps=3, max_minutes=None, eval_every=100)
+    export.export_denoiser(net, run, grown, weights_dir)
+    assert weights.read_card("shapes-video", weights_dir)["config"]["spacetime_mid"] is True
+    out = ShapesEngine("shapes-video", weights_dir).run(
+        GenerationRequest(task="t2v", prompt="a red circle moving left", seeds=[0], steps=2))
+    assert len(out.videos[0]) == 4
+
+
 def test_image_weights_start_only_a_fresh_video_unet(tmp_path, components):
     for extra, match in (({"spatial_from": "shapes-unet"}, "only a video_unet"),
                          ({"net_kind": "unet"}, "net_kind"),

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lanterna.engines.nets.layers import (MLP, Attention, SelfAttentionBlock, TimestepEmbedder,
-                                         batch_timesteps, sincos_1d)
+                                         batch_timesteps, sincos_1d, sincos_2d)
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,34 @@ class TemporalAttention(nn.Module):
         return tokens.reshape(b, h * w, frames, c).permute(0, 2, 3, 1).reshape(bf, c, h, w)
 
 
+class SpaceTimeAttention(nn.Module):
+    """A transformer block (self-attention, cross-attention to the text, MLP) over every pixel of
+    every frame at once, with sin-cos frame and pixel embeddings added for the block and taken
+    off after; it starts as the identity.
+
+    Temporal attention only compares a pixel with itself in the other frames, and it never reads
+    the prompt, so "moving right" has to reach it through the image layers. Here a pixel of frame
+    f can attend to another pixel of frame 0 and to the motion words in the same block. Cheap at
+    the 4 x 4 middle of the U-Net: 128 tokens for 8 frames (the video DiT's full attention, which
+    learnt some motion, ran on that same grid)."""
+
+    def __init__(self, channels: int, heads: int, context_dim: int, groups: int) -> None:
+        super().__init__()
+        self.block = TransformerBlock(channels, heads, context_dim, groups)
+
+    def forward(self, x: torch.Tensor, frames: int, context: torch.Tensor,
+                context_mask: torch.Tensor) -> torch.Tensor:
+        bf, c, h, w = x.shape
+        b = bf // frames
+        position = (sincos_1d(c, torch.arange(frames, device=x.device))[:, :, None, None]
+                    + sincos_2d(c, h, w).to(x.device).T.reshape(1, c, h, w)).to(x.dtype)
+        video = x.reshape(b, frames, c, h, w) + position
+        # Frames stacked into one tall image: the block's attention sees every pixel of every frame.
+        tall = video.transpose(1, 2).reshape(b, c, frames * h, w)
+        out = self.block(tall, context[::frames], context_mask[::frames])
+        return (out.reshape(b, c, frames, h, w).transpose(1, 2) - position).reshape(bf, c, h, w)
+
+
 class Stage(nn.Module):
     """A residual block, optionally followed by a transformer block, and in a video net by
     temporal attention."""
@@ -136,12 +164,14 @@ class Stage(nn.Module):
         self.attn = (TransformerBlock(out_ch, config.heads, config.context_dim, config.norm_groups)
                      if attention else None)
         self.temporal = TemporalAttention(out_ch, config.heads) if getattr(config, "max_frames", 0) else None
+        self.spacetime: SpaceTimeAttention | None = None  # a video net may add one
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor, frames: int = 1) -> torch.Tensor:
         x = self.res(x, emb)
         x = x if self.attn is None else self.attn(x, context, context_mask)
-        return x if self.temporal is None else self.temporal(x, frames)
+        x = x if self.temporal is None else self.temporal(x, frames)
+        return x if self.spacetime is None else self.spacetime(x, frames, context, context_mask)
 
 
 class ContextMixer(nn.Module):
@@ -279,6 +309,7 @@ class UNet(nn.Module):
 @dataclass(frozen=True)
 class VideoUNetConfig(UNetConfig):
     max_frames: int = 16
+    spacetime_mid: bool = False  # space-time attention after each stage of the middle block
 
 
 VIDEO_UNET_SIZES: dict[str, dict] = {
@@ -293,14 +324,24 @@ class VideoUNet(UNet):
     layers (its text, timestep and weights shared by the frames), and after every stage temporal
     attention mixes the frames at each latent pixel. The temporal layers start as the identity, so
     a video net can start from a trained image U-Net's weights and first draws each frame as that
-    net would, then learns motion (the recipe of Video LDM, Blattmann et al. 2023)."""
+    net would, then learns motion (the recipe of Video LDM, Blattmann et al. 2023).
+    `spacetime_mid` adds space-time attention (with the text) to the middle block's stages; it
+    too starts as the identity, so it can be added to trained video weights."""
 
     config: VideoUNetConfig
+
+    def __init__(self, config: VideoUNetConfig) -> None:
+        super().__init__(config)
+        if config.spacetime_mid:
+            for stage in self.mid:
+                stage.spacetime = SpaceTimeAttention(stage.res.conv2.out_channels, config.heads,
+                                                     config.context_dim, config.norm_groups)
 
     @property
     def optional_prefixes(self) -> tuple[str, ...]:
         stages = [name for name, m in self.named_modules() if isinstance(m, Stage)]
-        return (*super().optional_prefixes, *(f"{name}.temporal." for name in stages))
+        return (*super().optional_prefixes, *(f"{name}.temporal." for name in stages),
+                *(f"{name}.spacetime." for name in stages))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
