@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lanterna.engines.base import GenerationRequest  # noqa: E402
 from lanterna.engines.shapes import ShapesEngine  # noqa: E402
 from lanterna.evaluation import geneval  # noqa: E402
-from lanterna.world.judge import Track, Verdict, judge_video_detections  # noqa: E402
+from lanterna.world.judge import (Track, Verdict, judge_video_detections, motion_check,  # noqa: E402
+                                  motion_seen)
 from lanterna.world.layout import layout  # noqa: E402
 from lanterna.world.oracle import detect_batch  # noqa: E402
 from lanterna.world.render import render_video  # noqa: E402
@@ -62,9 +63,7 @@ def verdicts_of(videos: list[np.ndarray], requirements: list[Requirements]) -> l
 
 
 def seen_as(track: Track) -> str:
-    if track.frames_found < 2:
-        return "not tracked"
-    return " and ".join(track.motion) if track.motion else "no motion"
+    return "not tracked" if track.frames_found < 2 else motion_seen(track)
 
 
 def toward_asked(obj: ObjectRequirement, track: Track) -> float | None:
@@ -83,15 +82,13 @@ def area_ratio(obj: ObjectRequirement, track: Track) -> float | None:
 def tally(requirements: list[Requirements], verdicts: list[Verdict]) -> dict:
     rows: dict[str, list[dict]] = defaultdict(list)
     for req, verdict in zip(requirements, verdicts):
-        tracks = iter(verdict.tracks)  # one per object asked once, in order
-        for obj in req.objects:
-            if obj.count != 1 or obj.motion is None:
+        tracked = [o for o in req.objects if o.count == 1]  # the judge tracks these, in order
+        for obj, tr in zip(tracked, verdict.tracks, strict=True):
+            if obj.motion is None:
                 continue
-            tr = next(tracks)
-            seen = seen_as(tr)
-            asked = "no motion" if obj.motion == "still" else obj.motion
-            rows[obj.motion].append({"passed": seen == asked, "seen": seen, "toward": toward_asked(obj, tr),
-                                     "ratio": area_ratio(obj, tr), "found": tr.frames_found / tr.frames})
+            rows[obj.motion].append({"passed": motion_check(obj, tr).passed, "seen": seen_as(tr),
+                                     "toward": toward_asked(obj, tr), "ratio": area_ratio(obj, tr),
+                                     "found": tr.frames_found / tr.frames})
     return {m: summary(rows[m]) for m in MOTIONS if rows[m]}
 
 

@@ -206,6 +206,11 @@ def track(dets: list[Detection], obj: ObjectRequirement) -> tuple[Track, list[De
                  motion), [o for _, o in found]
 
 
+def motion_seen(tr: Track) -> str:
+    """What a tracked object did, in words: "no motion", "right", "right and growing", ..."""
+    return " and ".join(tr.motion) if tr.motion else "no motion"
+
+
 def motion_check(obj: ObjectRequirement, tr: Track) -> Check:
     label = f"{obj.name} {MOTION_PHRASES[obj.motion]}"
     if tr.frames_found < 2:
@@ -213,7 +218,7 @@ def motion_check(obj: ObjectRequirement, tr: Track) -> Check:
     asked = () if obj.motion == "still" else (obj.motion,)
     dx = tr.end[0] - tr.start[0]
     dy = tr.end[1] - tr.start[1]
-    seen = " and ".join(tr.motion) if tr.motion else "no motion"
+    seen = motion_seen(tr)
     ratio = tr.end_area / tr.start_area
     return Check(label, tuple(tr.motion) == asked,
                  f"net displacement ({dx:+.1f}, {dy:+.1f}) px, area x{ratio:.2f}: {seen}", "motion")

@@ -32,7 +32,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     """N positions -> N x dim, [sin | cos] halves (MAE's 1-D embedding)."""
     half = dim // 2
-    omega = 1.0 / 10_000.0 ** (torch.arange(half, dtype=torch.float32) / half)
+    omega = 1.0 / 10_000.0 ** (torch.arange(half, dtype=torch.float32, device=positions.device) / half)
     args = positions.float()[:, None] * omega[None]
     return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
 

@@ -334,7 +334,7 @@ class VideoUNet(UNet):
         super().__init__(config)
         if config.spacetime_mid:
             for stage in self.mid:
-                stage.spacetime = SpaceTimeAttention(stage.res.conv2.out_channels, config.heads,
+                stage.spacetime = SpaceTimeAttention(config.channels[-1], config.heads,
                                                      config.context_dim, config.norm_groups)
 
     @property
