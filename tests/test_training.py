@@ -170,6 +170,46 @@ def test_video_trains_on_a_small_canvas_and_its_card_says_so(tmp_path, component
     assert len(out.videos[0]) == 4 and out.videos[0][0].size == (32, 32)
 
 
+def test_frame_difference_loss_sees_only_what_changes_from_frame_to_frame():
+    target = torch.randn(2, 4, 5, 8, 8)
+    same_error_each_frame = target + torch.randn(2, 4, 1, 8, 8)
+    assert train_diffusion.frame_difference_loss(same_error_each_frame, target) < 1e-10
+    output = target + torch.randn(2, 4, 5, 8, 8)
+    by_frame = [((output - target)[:, :, f + 1] - (output - target)[:, :, f]).pow(2).mean() for f in range(4)]
+    assert torch.isclose(train_diffusion.frame_difference_loss(output, target), torch.stack(by_frame).mean())
+
+
+def test_the_frame_difference_weight_adds_its_loss_to_the_flow_loss():
+    z0, context, mask, pooled = torch.randn(2, 4, 5, 8, 8), torch.zeros(2, 3, 8), torch.ones(2, 3), torch.zeros(2, 8)
+    drawn = torch.randn(2, 4, 5, 8, 8)
+
+    def net(x_t, t, *_):
+        return drawn
+
+    def loss(weight):
+        torch.manual_seed(0)
+        return train_diffusion.flow_loss(net, z0, context, mask, pooled, "v", 1.0, weight)
+
+    torch.manual_seed(0)
+    target = train_diffusion.noised(z0, "v").target
+    extra = train_diffusion.frame_difference_loss(drawn, target)
+    assert extra > 0 and torch.isclose(loss(0.5) - loss(0.0), 0.5 * extra)
+
+
+def test_a_video_run_with_frame_difference_trains_on_it_and_image_runs_refuse_it(tmp_path, components, monkeypatch):
+    calls = []
+    plain = train_diffusion.frame_difference_loss
+    monkeypatch.setattr(train_diffusion, "frame_difference_loss", lambda *a: calls.append(1) or plain(*a))
+    recipe = Recipe(model="video", size="tiny", batch=2, lr=1e-3, warmup=1, bf16=False,
+                    extra={"frames": 4, "size": 32, "frame_difference": 0.5})
+    train_diffusion.train(str(tmp_path / "fd"), recipe, max_steps=2, max_minutes=None, eval_every=100)
+    assert len(calls) == 2
+    for model, weight in (("unet", 1.0), ("video", -1.0), ("video", "high"), ("video", True)):
+        with pytest.raises(ValueError, match="frame_difference"):
+            train_diffusion.frame_difference_weight(Recipe(model=model, extra={"frame_difference": weight}))
+    assert train_diffusion.frame_difference_weight(Recipe(model="unet")) == 0.0
+
+
 def test_sampling_shift_follows_the_training_shift_unless_set_apart():
     assert Recipe(model="unet").sampling_shift == 1.0
     assert Recipe(model="unet", extra={"shift": 3}).sampling_shift == 3.0

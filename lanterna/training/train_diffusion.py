@@ -8,7 +8,8 @@ sampling schedule (the card's `shift`) toward high noise by one map, the resolut
 Esser et al. 2024 (eq. 23); `extra.sampling_shift` sets the sampling schedule's apart from it.
 The VAE and the CLIP text tower are frozen (as in latent diffusion); captions are dropped 10 % of
 the time so classifier-free guidance works. `extra.task_mix` sets each training task's share of an
-image batch, e.g. to weight the tasks a model fails most.
+image batch, e.g. to weight the tasks a model fails most. `extra.frame_difference` (video) adds that
+weight times the loss on the frame-to-frame differences of the prediction's error.
 """
 
 from __future__ import annotations
@@ -105,9 +106,23 @@ def noised(z0: torch.Tensor, prediction: str, shift: float = 1.0) -> Noised:
 
 
 def flow_loss(net: nn.Module, z0: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
-              pooled: torch.Tensor, prediction: str, shift: float = 1.0) -> torch.Tensor:
+              pooled: torch.Tensor, prediction: str, shift: float = 1.0,
+              frame_difference: float = 0.0) -> torch.Tensor:
     n = noised(z0, prediction, shift)
-    return F.mse_loss(net(n.x_t, n.t, context, mask, pooled).float(), n.target)
+    output = net(n.x_t, n.t, context, mask, pooled).float()
+    loss = F.mse_loss(output, n.target)
+    return loss if not frame_difference else loss + frame_difference * frame_difference_loss(output, n.target)
+
+
+def frame_difference_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean square of the prediction error's change from each frame to the next (B x C x F x H x W).
+
+    An object drawn in the wrong place in every frame makes the same error in each, which the
+    differences cancel; one that does not move as asked makes an error that grows frame by
+    frame. In the plain loss a wrong trajectory is a few pixels next to the appearance of whole
+    frames; here it is what is left."""
+    error = prediction - target
+    return (error[:, :, 1:] - error[:, :, :-1]).pow(2).mean()
 
 
 def flow_loss_with_binding(net: nn.Module, z0: torch.Tensor, cond: tuple[torch.Tensor, ...],
@@ -166,6 +181,16 @@ def encode_captions(clip: nn.Module, tokenizer: ShapesTokenizer,
     return context.float(), tokens.mask, pooled.float()
 
 
+def frame_difference_weight(recipe: Recipe) -> float:
+    """`extra.frame_difference` (video models only): the weight of frame_difference_loss."""
+    weight = recipe.extra.get("frame_difference", 0.0)
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
+        raise RecipeError(f"frame_difference: a weight >= 0, got {weight!r}")
+    if weight and recipe.model != "video":
+        raise RecipeError("frame_difference: video models only (an image has one frame)")
+    return float(weight)
+
+
 def binding_contrast(recipe: Recipe) -> BindingContrast | None:
     """`extra.binding_contrast` (image models only): see lanterna.training.binding."""
     try:
@@ -211,6 +236,7 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
     shift = float(recipe.extra.get("shift", 1.0))
     task_mix = training_mix(recipe)
     contrast = binding_contrast(recipe)
+    difference_weight = frame_difference_weight(recipe)
 
     def step_fn(step: int) -> dict:
         if recipe.model == "video":
@@ -224,7 +250,7 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
         parts: dict = {}
         if contrast is None:
             with autocast(recipe.bf16):
-                loss = flow_loss(net, z0, *cond, prediction, shift)
+                loss = flow_loss(net, z0, *cond, prediction, shift, difference_weight)
         else:
             rows, texts = binding.binding_negatives(captions, requirements, np_rng)
             negatives = encode_captions(clip, tokenizer, texts) if rows else None
