@@ -537,6 +537,42 @@ def test_space_time_attention_starts_as_the_identity_then_carries_frames_into_ea
     assert reach[0] > 1e-3 and reach[1] < 1e-6  # frame 0 reaches frame 3 only through them
 
 
+def trained_but_temporal(net: nn.Module, std: float = 0.2) -> nn.Module:
+    """Random values for the zero-initialised tensors outside the temporal layers, which stay as
+    they start."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if ".temporal." not in name and not p.any():
+                p.normal_(0.0, std)
+    return net
+
+
+def test_temporal_layers_that_read_the_prompt_start_as_the_identity_then_draw_each_frame_by_it():
+    plain = trained_but_temporal(tiny("video_unet"))
+    torch.manual_seed(0)
+    reading = build_net("video_unet", {**NET_SIZES["video_unet"]["tiny"], "temporal_text": True}).eval()
+    missing = reading.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(".temporal.text." in k and k.startswith(reading.optional_prefixes) for k in missing)
+    x, t, context, mask, pooled = denoiser_inputs("video_unet", batch=2, frames=5)
+    still = x[:, :, :1].expand_as(x).contiguous()  # the same latent in every frame
+
+    def last_minus_first(net, ctx):
+        out = net(still, t, ctx, mask, pooled)
+        return out[:, :, 4] - out[:, :, 0]
+
+    with torch.no_grad():
+        assert torch.allclose(reading(x, t, context, mask, pooled), plain(x, t, context, mask, pooled), atol=1e-5)
+        for name, p in reading.named_parameters():
+            if ".temporal.text." in name and not p.any():
+                p.normal_(0.0, 0.2)  # the prompt readers, as after training; the rest of the temporal layers stay
+        assert last_minus_first(plain, context).abs().max() < 1e-5  # the image layers draw equal frames alike
+        apart = last_minus_first(reading, context)
+        elsewhere = last_minus_first(reading, torch.randn_like(context))
+    assert apart.abs().max() > 1e-3  # the prompt, read with the frame's index, makes frames differ
+    assert (apart - elsewhere).abs().max() > 1e-3  # and how depends on the prompt
+
+
 def test_a_video_unet_refuses_images_and_too_many_frames():
     net = tiny("video_unet")
     x, *cond = denoiser_inputs("video_unet", batch=1, frames=17)

@@ -85,9 +85,9 @@ def test_video_denoiser_agrees_with_torch(bundle, tmp_path):
     assert max_abs_difference(tmp_path / "denoiser.onnx", spec, 2, seed=7) <= 1e-3
 
 
-@pytest.mark.parametrize("spacetime_mid", [False, True])
-def test_video_unet_denoiser_agrees_with_torch(tmp_path, spacetime_mid):
-    bundle = save_tiny_bundle(tmp_path / "weights", kinds=("video_unet",), spacetime_mid=spacetime_mid)
+@pytest.mark.parametrize("video_layers", [{}, {"spacetime_mid": True}, {"temporal_text": True}])
+def test_video_unet_denoiser_agrees_with_torch(tmp_path, video_layers):
+    bundle = save_tiny_bundle(tmp_path / "weights", kinds=("video_unet",), **video_layers)
     spec = onnx_backend.graph_specs(ShapesEngine("shapes-video", bundle))["denoiser"]
     onnx_backend.export_graph(spec, tmp_path / "denoiser.onnx", attention="decomposed")
     assert max_abs_difference(tmp_path / "denoiser.onnx", spec, 2, seed=3) <= 1e-3

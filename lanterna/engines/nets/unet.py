@@ -111,19 +111,45 @@ class TransformerBlock(nn.Module):
 class TemporalAttention(nn.Module):
     """Self-attention across the frames at each latent pixel (the temporal layers of Video LDM,
     Blattmann et al. 2023), with a fixed sin-cos frame embedding added for the block and taken
-    off after, so that it starts as the identity and a video net begins as the image net."""
+    off after, so that it starts as the identity and a video net begins as the image net.
 
-    def __init__(self, channels: int, heads: int) -> None:
+    With `context_dim`, each pixel of each frame first reads the prompt (cross-attention, also
+    starting as the identity). The image layers read the prompt without knowing which frame they
+    draw, and plain temporal attention knows the frame but not the prompt; "moving right" needs
+    both at once."""
+
+    def __init__(self, channels: int, heads: int, context_dim: int | None = None) -> None:
         super().__init__()
         self.block = SelfAttentionBlock(channels, heads, 2.0).starting_as_identity()
+        self.text: TextReader | None = TextReader(channels, heads, context_dim) if context_dim else None
 
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: int, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
         bf, c, h, w = x.shape
         b = bf // frames
-        tokens = x.reshape(b, frames, c, h * w).permute(0, 3, 1, 2).reshape(b * h * w, frames, c)
+        tokens = x.reshape(b, frames, c, h * w).permute(0, 3, 1, 2)  # b, pixels, frames, c
         position = sincos_1d(c, torch.arange(frames, device=x.device)).to(x.dtype)
-        tokens = self.block(tokens + position) - position
+        tokens = tokens + position
+        if self.text is not None:
+            tokens = self.text(tokens.reshape(b, h * w * frames, c), context[::frames],
+                               context_mask[::frames]).reshape(b, h * w, frames, c)
+        tokens = self.block(tokens.reshape(b * h * w, frames, c)) - position
         return tokens.reshape(b, h * w, frames, c).permute(0, 2, 3, 1).reshape(bf, c, h, w)
+
+
+class TextReader(nn.Module):
+    """x + cross-attention(LN(x), prompt), starting as the identity. Every token of a video reads
+    the same prompt, so the video's tokens are one query sequence (not one per pixel)."""
+
+    def __init__(self, channels: int, heads: int, context_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.attn = Attention(channels, heads, context_dim=context_dim)
+        nn.init.zeros_(self.attn.out.weight)
+        nn.init.zeros_(self.attn.out.bias)
+
+    def forward(self, tokens: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        return tokens + self.attn(self.norm(tokens), context, context_mask)
 
 
 class SpaceTimeAttention(nn.Module):
@@ -163,14 +189,16 @@ class Stage(nn.Module):
         self.res = ResBlock(in_ch, out_ch, emb_dim, config.norm_groups)
         self.attn = (TransformerBlock(out_ch, config.heads, config.context_dim, config.norm_groups)
                      if attention else None)
-        self.temporal = TemporalAttention(out_ch, config.heads) if getattr(config, "max_frames", 0) else None
+        self.temporal = (TemporalAttention(out_ch, config.heads,
+                                           config.context_dim if getattr(config, "temporal_text", False) else None)
+                         if getattr(config, "max_frames", 0) else None)
         self.spacetime: SpaceTimeAttention | None = None  # a video net may add one
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor, frames: int = 1) -> torch.Tensor:
         x = self.res(x, emb)
         x = x if self.attn is None else self.attn(x, context, context_mask)
-        x = x if self.temporal is None else self.temporal(x, frames)
+        x = x if self.temporal is None else self.temporal(x, frames, context, context_mask)
         return x if self.spacetime is None else self.spacetime(x, frames, context, context_mask)
 
 
@@ -310,6 +338,7 @@ class UNet(nn.Module):
 class VideoUNetConfig(UNetConfig):
     max_frames: int = 16
     spacetime_mid: bool = False  # space-time attention after each stage of the middle block
+    temporal_text: bool = False  # the temporal layers read the prompt too
 
 
 VIDEO_UNET_SIZES: dict[str, dict] = {
@@ -325,8 +354,9 @@ class VideoUNet(UNet):
     attention mixes the frames at each latent pixel. The temporal layers start as the identity, so
     a video net can start from a trained image U-Net's weights and first draws each frame as that
     net would, then learns motion (the recipe of Video LDM, Blattmann et al. 2023).
-    `spacetime_mid` adds space-time attention (with the text) to the middle block's stages; it
-    too starts as the identity, so it can be added to trained video weights."""
+    `spacetime_mid` adds space-time attention (with the text) to the middle block's stages, and
+    `temporal_text` lets every temporal layer read the prompt; both start as the identity, so they
+    can be added to trained video weights."""
 
     config: VideoUNetConfig
 
