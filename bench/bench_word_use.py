@@ -20,6 +20,7 @@ and the VAE posterior's std against the std of the (scaled) posterior means, the
 posterior draw adds to a diffusion target.
 
     python bench/bench_word_use.py [--weights-dir DIR] [--models NAME ...] [--renders N] [--threads N]
+        [--noise-levels T ...]
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def losses(pipe: LatentDiffusionPipeline, x_t, t, target, captions: list[str]) -
     return binding.per_sample_error(out, target)
 
 
-def word_use(name: str, directory: Path | None, renders: int, seed: int) -> dict:
+def word_use(name: str, directory: Path | None, renders: int, seed: int,
+             noise_levels: tuple[float, ...] = NOISE_LEVELS) -> dict:
     engine = ShapesEngine(name, directory)
     engine.load()
     pipe = engine.pipeline
@@ -96,7 +98,7 @@ def word_use(name: str, directory: Path | None, renders: int, seed: int) -> dict
         near_misses = [binding.binding_negative(c, r, rng) for c, r in zip(captions, requirements)]
     eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
     result: dict = {"model": name, "renders": renders, "text_context": text_context_of(engine.card)}
-    for t in NOISE_LEVELS:
+    for t in noise_levels:
         x_t = (1 - t) * z0 + t * eps
         target = eps - z0
         right = losses(pipe, x_t, t, target, captions)
@@ -167,7 +169,11 @@ def main() -> int:
     parser.add_argument("--renders", type=int, default=256)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--noise-levels", type=float, nargs="+", default=list(NOISE_LEVELS), metavar="T",
+                        help="noise levels t in (0, 1) (default: %(default)s)")
     args = parser.parse_args()
+    if not all(0 < t < 1 for t in args.noise_levels):
+        parser.error(f"--noise-levels: each t in (0, 1), got {args.noise_levels}")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(json.dumps(text_tower_separation(load_clip(directory=args.weights_dir))), flush=True)
@@ -176,7 +182,8 @@ def main() -> int:
         if not weights.has_weights(name, args.weights_dir):
             print(json.dumps({"model": name, "skipped": "no weights"}))
             continue
-        print(json.dumps(word_use(name, args.weights_dir, args.renders, args.seed)), flush=True)
+        print(json.dumps(word_use(name, args.weights_dir, args.renders, args.seed,
+                                  tuple(args.noise_levels))), flush=True)
     return 0
 
 
