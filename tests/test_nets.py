@@ -573,6 +573,19 @@ def test_temporal_layers_that_read_the_prompt_start_as_the_identity_then_draw_ea
     assert (apart - elsewhere).abs().max() > 1e-3  # and how depends on the prompt
 
 
+def test_a_video_unet_takes_one_noise_level_a_video_or_one_a_frame():
+    net = randomize_zero_init(tiny("video_unet"))
+    x, t, context, mask, pooled = denoiser_inputs("video_unet", batch=2, frames=5)
+    per_frame = t[:, None].expand(2, 5).clone()
+    with torch.no_grad():
+        assert torch.allclose(net(x, per_frame, context, mask, pooled), net(x, t, context, mask, pooled), atol=1e-5)
+        per_frame[:, 4] = 0.05
+        changed = net(x, per_frame, context, mask, pooled) - net(x, t, context, mask, pooled)
+    assert changed[:, :, 4].abs().max() > 1e-3 and changed[:, :, 0].abs().max() > 1e-4  # felt by the others too
+    with pytest.raises(ValueError, match="2 x 5"):
+        net(x, per_frame[:, :3], context, mask, pooled)
+
+
 def test_a_video_unet_refuses_images_and_too_many_frames():
     net = tiny("video_unet")
     x, *cond = denoiser_inputs("video_unet", batch=1, frames=17)

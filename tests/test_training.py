@@ -210,6 +210,37 @@ def test_a_video_run_with_frame_difference_trains_on_it_and_image_runs_refuse_it
     assert train_diffusion.frame_difference_weight(Recipe(model="unet")) == 0.0
 
 
+def test_a_share_of_videos_gets_a_noise_level_per_frame():
+    torch.manual_seed(0)
+    t = train_diffusion.noise_per_frame(torch.rand(400), 6, 3.0, 0.25)
+    own = (t != t[:, :1]).any(dim=1)
+    assert t.shape == (400, 6) and 60 < int(own.sum()) < 140  # about a quarter
+    shared = train_diffusion.noise_per_frame(torch.rand(50), 6, 3.0, 0.0)
+    assert (shared == shared[:, :1]).all()
+    z0 = torch.randn(8, 4, 6, 4, 4)
+    torch.manual_seed(1)
+    n = train_diffusion.noised(z0, "v", 3.0, 1.0)
+    assert n.t.shape == (8, 6)
+    eps = n.target + z0
+    for f in range(6):  # each frame noised to its own level
+        level = n.t[:, f].view(-1, 1, 1, 1)
+        assert torch.allclose(n.x_t[:, :, f], (1 - level) * z0[:, :, f] + level * eps[:, :, f], atol=1e-6)
+
+
+def test_a_video_unet_run_trains_with_noise_per_frame_and_other_nets_refuse_it(tmp_path, components, monkeypatch):
+    seen = []
+    plain = train_diffusion.noise_per_frame
+    monkeypatch.setattr(train_diffusion, "noise_per_frame", lambda *a: seen.append(a[1:]) or plain(*a))
+    recipe = Recipe(model="video", size="tiny", batch=2, lr=1e-3, warmup=1, bf16=False,
+                    extra={"frames": 4, "size": 32, "net_kind": "video_unet", "frame_noise": 0.5, "shift": 2})
+    train_diffusion.train(str(tmp_path / "fn"), recipe, max_steps=2, max_minutes=None, eval_every=100)
+    assert seen == [(4, 2.0, 0.5)] * 2
+    for model, extra in (("video", {"frame_noise": 0.5}), ("unet", {"frame_noise": 0.5}),
+                         ("video", {"net_kind": "video_unet", "frame_noise": 1.5})):
+        with pytest.raises(ValueError, match="frame_noise"):
+            train_diffusion.frame_noise_share(Recipe(model=model, extra=extra))
+
+
 def test_sampling_shift_follows_the_training_shift_unless_set_apart():
     assert Recipe(model="unet").sampling_shift == 1.0
     assert Recipe(model="unet", extra={"shift": 3}).sampling_shift == 3.0

@@ -9,7 +9,8 @@ Esser et al. 2024 (eq. 23); `extra.sampling_shift` sets the sampling schedule's 
 The VAE and the CLIP text tower are frozen (as in latent diffusion); captions are dropped 10 % of
 the time so classifier-free guidance works. `extra.task_mix` sets each training task's share of an
 image batch, e.g. to weight the tasks a model fails most. `extra.frame_difference` (video) adds that
-weight times the loss on the frame-to-frame differences of the prediction's error.
+weight times the loss on the frame-to-frame differences of the prediction's error, and
+`extra.frame_noise` (video U-Net) gives that share of the videos a noise level per frame.
 """
 
 from __future__ import annotations
@@ -98,17 +99,31 @@ class Noised:
     target: torch.Tensor
 
 
-def noised(z0: torch.Tensor, prediction: str, shift: float = 1.0) -> Noised:
+def noised(z0: torch.Tensor, prediction: str, shift: float = 1.0, frame_noise: float = 0.0) -> Noised:
     t = sample_t(z0.shape[0], shift)
+    if frame_noise:
+        t = noise_per_frame(t, z0.shape[2], shift, frame_noise)
     eps = torch.randn_like(z0)
-    t_b = t.view(-1, *([1] * (z0.dim() - 1)))
+    t_b = t.view(t.shape[0], 1, -1, *([1] * (z0.dim() - 3)))  # B x 1 x (F or 1) x ...: over channels
     return Noised((1 - t_b) * z0 + t_b * eps, t, eps - z0 if prediction == "v" else z0)
+
+
+def noise_per_frame(t: torch.Tensor, frames: int, shift: float, share: float) -> torch.Tensor:
+    """B x F noise levels: each video's t in all its frames, but for `share` of the videos a t
+    drawn for each frame (Diffusion Forcing, Chen et al. 2024).
+
+    With one noise level a frame cannot show where the others' objects are, so a motion word
+    moves the loss by a fraction of a percent (bench/bench_word_use.py). A clear frame next to
+    noisy ones asks the net where the object has gone by then, which only the word tells."""
+    own = sample_t(t.shape[0] * frames, shift).view(-1, frames)
+    chosen = torch.rand(t.shape[0]) < share
+    return torch.where(chosen[:, None], own, t[:, None].expand(-1, frames))
 
 
 def flow_loss(net: nn.Module, z0: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
               pooled: torch.Tensor, prediction: str, shift: float = 1.0,
-              frame_difference: float = 0.0) -> torch.Tensor:
-    n = noised(z0, prediction, shift)
+              frame_difference: float = 0.0, frame_noise: float = 0.0) -> torch.Tensor:
+    n = noised(z0, prediction, shift, frame_noise)
     output = net(n.x_t, n.t, context, mask, pooled).float()
     loss = F.mse_loss(output, n.target)
     return loss if not frame_difference else loss + frame_difference * frame_difference_loss(output, n.target)
@@ -191,6 +206,16 @@ def frame_difference_weight(recipe: Recipe) -> float:
     return float(weight)
 
 
+def frame_noise_share(recipe: Recipe) -> float:
+    """`extra.frame_noise` (video U-Net only): the share of videos given a noise level per frame."""
+    share = recipe.extra.get("frame_noise", 0.0)
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
+        raise RecipeError(f"frame_noise: a share from 0 to 1, got {share!r}")
+    if share and (recipe.model != "video" or net_kind(recipe) != "video_unet"):
+        raise RecipeError("frame_noise: the video U-Net only (the video DiT takes one noise level a video)")
+    return float(share)
+
+
 def binding_contrast(recipe: Recipe) -> BindingContrast | None:
     """`extra.binding_contrast` (image models only): see lanterna.training.binding."""
     try:
@@ -237,6 +262,7 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
     task_mix = training_mix(recipe)
     contrast = binding_contrast(recipe)
     difference_weight = frame_difference_weight(recipe)
+    noise_share = frame_noise_share(recipe)
 
     def step_fn(step: int) -> dict:
         if recipe.model == "video":
@@ -250,7 +276,7 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
         parts: dict = {}
         if contrast is None:
             with autocast(recipe.bf16):
-                loss = flow_loss(net, z0, *cond, prediction, shift, difference_weight)
+                loss = flow_loss(net, z0, *cond, prediction, shift, difference_weight, noise_share)
         else:
             rows, texts = binding.binding_negatives(captions, requirements, np_rng)
             negatives = encode_captions(clip, tokenizer, texts) if rows else None

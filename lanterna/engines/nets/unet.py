@@ -381,8 +381,19 @@ class VideoUNet(UNet):
         if not 1 <= f <= self.config.max_frames:
             raise ValueError(f"frames: 1 to {self.config.max_frames}, got {f}")
         self.check_size(x)
-        emb, context = self.embed(x, t, context, context_mask, pooled)
         frames = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-        out = self.body(frames, emb.repeat_interleave(f, 0), context.repeat_interleave(f, 0),
-                        context_mask.repeat_interleave(f, 0), f)
+        emb, context = self.embed(frames, frame_timesteps(t, b, f, x.device), context.repeat_interleave(f, 0),
+                                  context_mask.repeat_interleave(f, 0), pooled.repeat_interleave(f, 0))
+        out = self.body(frames, emb, context, context_mask.repeat_interleave(f, 0), f)
         return out.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+def frame_timesteps(t: torch.Tensor | float, batch: int, frames: int, device: torch.device) -> torch.Tensor:
+    """(B * F,) noise levels, frame by frame: a video's t in each of its frames, or, for t of
+    B x F, each frame's own (Diffusion Forcing, Chen et al. 2024, trains so)."""
+    t = torch.as_tensor(t, dtype=torch.float32, device=device)
+    if t.dim() == 2:
+        if tuple(t.shape) != (batch, frames):
+            raise ValueError(f"per-frame t must be {batch} x {frames} (videos x frames), got {tuple(t.shape)}")
+        return t.reshape(-1)
+    return batch_timesteps(t, batch, device).repeat_interleave(frames)
