@@ -6,7 +6,9 @@ word swapped for another of its kind: the shape ("circle" -> "square"), the colo
 "blue"), the motion ("moving left" -> "moving right", "growing" -> "shrinking"). A denoiser
 that uses a word loses accuracy when the word is wrong; one that ignores it does not. Captions
 a swap leaves unchanged, or turns into a held-out composition (or out of the grammar), are left
-out of that swap.
+out of that swap. With --first-frame-t, a video's first frame is noised only to that level
+and only the other frames are scored: the net then sees where an object starts, and the motion
+word says where it has gone.
 Prints one JSON line per model: per noise level t, the mean loss with the true captions and
 the relative increase for each swap (on the same renders and noise), and for the binding near
 miss of lanterna.training.binding (colours swapped between the two objects, or the relation
@@ -20,7 +22,7 @@ and the VAE posterior's std against the std of the (scaled) posterior means, the
 posterior draw adds to a diffusion target.
 
     python bench/bench_word_use.py [--weights-dir DIR] [--models NAME ...] [--renders N] [--threads N]
-        [--noise-levels T ...]
+        [--noise-levels T ...] [--first-frame-t T]
 """
 
 from __future__ import annotations
@@ -76,14 +78,18 @@ def usable(caption: str) -> bool:
 
 
 @torch.no_grad()
-def losses(pipe: LatentDiffusionPipeline, x_t, t, target, captions: list[str]) -> torch.Tensor:
+def losses(pipe: LatentDiffusionPipeline, x_t, t: torch.Tensor, target, captions: list[str],
+           scored: slice = slice(None)) -> torch.Tensor:
+    """Per-sample loss; `t` is one level (a 0-d tensor) or one per frame, `scored` the frames scored."""
     text = pipe.encode_prompts(captions)
-    out = pipe.denoiser(x_t, torch.full((len(captions),), t), text.context, text.mask, text.pooled)
+    out = pipe.denoiser(x_t, t.expand(len(captions), *t.shape), text.context, text.mask, text.pooled)
+    if x_t.dim() == 5:
+        out, target = out[:, :, scored], target[:, :, scored]
     return binding.per_sample_error(out, target)
 
 
 def word_use(name: str, directory: Path | None, renders: int, seed: int,
-             noise_levels: tuple[float, ...] = NOISE_LEVELS) -> dict:
+             noise_levels: tuple[float, ...] = NOISE_LEVELS, first_frame_t: float | None = None) -> dict:
     engine = ShapesEngine(name, directory)
     engine.load()
     pipe = engine.pipeline
@@ -98,10 +104,18 @@ def word_use(name: str, directory: Path | None, renders: int, seed: int,
         near_misses = [binding.binding_negative(c, r, rng) for c, r in zip(captions, requirements)]
     eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
     result: dict = {"model": name, "renders": renders, "text_context": text_context_of(engine.card)}
-    for t in noise_levels:
-        x_t = (1 - t) * z0 + t * eps
+    clear_first = engine.is_video and first_frame_t is not None
+    scored = slice(1, None) if clear_first else slice(None)
+    if clear_first:
+        result["first_frame_t"] = first_frame_t
+    for level in noise_levels:
+        t = torch.full((z0.shape[2],), level) if clear_first else torch.tensor(level)
+        if clear_first:
+            t[0] = first_frame_t
+        t_b = t.view(-1, 1, 1) if clear_first else t
+        x_t = (1 - t_b) * z0 + t_b * eps
         target = eps - z0
-        right = losses(pipe, x_t, t, target, captions)
+        right = losses(pipe, x_t, t, target, captions, scored)
         row = {"loss": round(float(right.mean()), 4)}
         for kind, table in SWAPS.items():
             if kind == "motion" and not engine.is_video:
@@ -110,7 +124,7 @@ def word_use(name: str, directory: Path | None, renders: int, seed: int,
             keep = [i for i, (c, w) in enumerate(zip(captions, wrong)) if w != c and usable(w)]
             if not keep:
                 continue
-            worse = losses(pipe, x_t[keep], t, target[keep], [wrong[i] for i in keep])
+            worse = losses(pipe, x_t[keep], t, target[keep], [wrong[i] for i in keep], scored)
             row[f"{kind}_swapped_increase"] = round(float(worse.mean() / right[keep].mean() - 1), 4)
             row[f"{kind}_swapped_renders"] = len(keep)
         keep = [i for i, miss in enumerate(near_misses) if miss is not None]
@@ -118,7 +132,7 @@ def word_use(name: str, directory: Path | None, renders: int, seed: int,
             worse = losses(pipe, x_t[keep], t, target[keep], [near_misses[i] for i in keep])
             row["binding_near_miss_increase"] = round(float(worse.mean() / right[keep].mean() - 1), 4)
             row["binding_near_miss_renders"] = len(keep)
-        result[f"t={t}"] = row
+        result[f"t={level}"] = row
     return result
 
 
@@ -171,6 +185,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--noise-levels", type=float, nargs="+", default=list(NOISE_LEVELS), metavar="T",
                         help="noise levels t in (0, 1) (default: %(default)s)")
+    parser.add_argument("--first-frame-t", type=float, metavar="T",
+                        help="video models: noise the first frame only to T and score the other frames")
     args = parser.parse_args()
     if not all(0 < t < 1 for t in args.noise_levels):
         parser.error(f"--noise-levels: each t in (0, 1), got {args.noise_levels}")
@@ -183,7 +199,7 @@ def main() -> int:
             print(json.dumps({"model": name, "skipped": "no weights"}))
             continue
         print(json.dumps(word_use(name, args.weights_dir, args.renders, args.seed,
-                                  tuple(args.noise_levels))), flush=True)
+                                  tuple(args.noise_levels), args.first_frame_t)), flush=True)
     return 0
 
 
