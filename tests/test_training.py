@@ -301,6 +301,14 @@ def test_a_run_continued_from_weights_keeps_the_cards_options(tmp_path, monkeypa
     assert "frames" not in seen[-1].extra  # without --init-from nothing is carried
 
 
+def test_a_stretch_stopped_before_its_cooldown_ends_says_so():
+    recipe = {"batch": 8, "lr": 5e-4, "warmup": 200, "cooldown": 800, "total_steps": 20300}
+    assert export.schedule_text(recipe, 20300).endswith("cooled to 0 over the last 800")
+    assert export.schedule_text(recipe).endswith("cooled to 0 over the last 800")
+    cut = export.schedule_text(recipe, 17179)
+    assert "stopped at step 17,179" in cut and "before step 20,300" in cut and "cooled to 0" not in cut
+
+
 def test_recipe_errors_are_one_line_cli_errors(tmp_path, capsys):
     from lanterna.cli import main
 

@@ -32,10 +32,15 @@ def learning_curve(run: Run) -> list[dict[str, Any]]:
     return list(points.values())
 
 
-def schedule_text(recipe: dict[str, Any]) -> str:
-    """A recipe in one line: batch, lr schedule and options."""
+def schedule_text(recipe: dict[str, Any], ended_at: int | None = None) -> str:
+    """A recipe in one line: batch, lr schedule and options; `ended_at`, the step the stretch
+    reached, tells a finished cooldown from one cut short."""
     text = f"batch {recipe.get('batch')}, lr {recipe.get('lr'):g}, warm-up {recipe.get('warmup')}"
-    if recipe.get("cooldown"):
+    end = recipe.get("total_steps")
+    if recipe.get("cooldown") and ended_at is not None and end and ended_at < end:
+        text += (f", stopped at step {ended_at:,} of a schedule cooling to 0 over the last "
+                 f"{recipe['cooldown']:,} before step {end:,}")
+    elif recipe.get("cooldown"):
         text += f", cooled to 0 over the last {recipe['cooldown']:,}"
     options = {k: v for k, v in recipe.get("extra", {}).items() if k != "init_from"}
     return text + (f"; options {options}" if options else "")
@@ -59,7 +64,7 @@ def history(run: Run, recipe: Recipe, state: dict[str, Any]) -> list[str]:
     earlier = start["history"] or recorded_stretch(start)
     minutes = (state["seconds"] - start["seconds"]) / 60
     return [*earlier, f"steps {start['step']:,}-{state['step']:,} ({minutes:.0f} min): continued from the "
-                      f"exported {recipe.extra.get('init_from')}, fresh optimiser; {schedule_text(asdict(recipe))}"]
+                      f"exported {recipe.extra.get('init_from')}, fresh optimiser; {schedule_text(asdict(recipe), state['step'])}"]
 
 
 def base_card(name: str, net: str, module: nn.Module, run: Run, recipe: Recipe) -> dict[str, Any]:
