@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from lanterna.evaluation import geneval
+from tests.bench_scripts import load_bench_script
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "bench_motion.py"
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "growing": "shrinking",
             "shrinking": "growing", "still": "no motion"}
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_motion", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("bench_motion")
 
 
 @pytest.fixture(scope="module")

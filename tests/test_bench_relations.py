@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from lanterna.world import Scene, SceneObject, judge, parse_caption, render
 from lanterna.world.spec import Box
+from tests.bench_scripts import load_bench_script
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "bench_relations.py"
 PAIR = "a yellow circle and a red triangle"
 LEFT_OF = "a yellow circle to the left of a red triangle"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("bench_relations", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("bench_relations")
 
 
 @pytest.mark.parametrize("objects, caption, expected", [

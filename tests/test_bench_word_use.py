@@ -3,23 +3,16 @@ first-frame mode's noising and scoring."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
+from tests.bench_scripts import load_bench_script
 from tests.tiny_models import save_tiny_bundle
-
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "bench_word_use.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_word_use", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("bench_word_use")
 
 
 @pytest.fixture(scope="module")
