@@ -382,9 +382,10 @@ class VideoUNet(UNet):
             raise ValueError(f"frames: 1 to {self.config.max_frames}, got {f}")
         self.check_size(x)
         frames = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        context_mask = context_mask.repeat_interleave(f, 0)
         emb, context = self.embed(frames, frame_timesteps(t, b, f, x.device), context.repeat_interleave(f, 0),
-                                  context_mask.repeat_interleave(f, 0), pooled.repeat_interleave(f, 0))
-        out = self.body(frames, emb, context, context_mask.repeat_interleave(f, 0), f)
+                                  context_mask, pooled.repeat_interleave(f, 0))
+        out = self.body(frames, emb, context, context_mask, f)
         return out.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
 
 
