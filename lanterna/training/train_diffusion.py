@@ -16,6 +16,7 @@ weight times the loss on the frame-to-frame differences of the prediction's erro
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -196,24 +197,28 @@ def encode_captions(clip: nn.Module, tokenizer: ShapesTokenizer,
     return context.float(), tokens.mask, pooled.float()
 
 
+def extra_number(recipe: Recipe, name: str, wanted: str, low: float = 0.0, high: float = math.inf) -> float:
+    """`extra[name]` (0 when absent), a number from `low` to `high`; `wanted` words the range for the error."""
+    value = recipe.extra.get(name, 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise RecipeError(f"{name}: {wanted}, got {value!r}")
+    return float(value)
+
+
 def frame_difference_weight(recipe: Recipe) -> float:
     """`extra.frame_difference` (video models only): the weight of frame_difference_loss."""
-    weight = recipe.extra.get("frame_difference", 0.0)
-    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
-        raise RecipeError(f"frame_difference: a weight >= 0, got {weight!r}")
+    weight = extra_number(recipe, "frame_difference", "a weight >= 0")
     if weight and recipe.model != "video":
         raise RecipeError("frame_difference: video models only (an image has one frame)")
-    return float(weight)
+    return weight
 
 
 def frame_noise_share(recipe: Recipe) -> float:
     """`extra.frame_noise` (video U-Net only): the share of videos given a noise level per frame."""
-    share = recipe.extra.get("frame_noise", 0.0)
-    if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
-        raise RecipeError(f"frame_noise: a share from 0 to 1, got {share!r}")
+    share = extra_number(recipe, "frame_noise", "a share from 0 to 1", high=1.0)
     if share and (recipe.model != "video" or net_kind(recipe) != "video_unet"):
         raise RecipeError("frame_noise: the video U-Net only (the video DiT takes one noise level a video)")
-    return float(share)
+    return share
 
 
 def binding_contrast(recipe: Recipe) -> BindingContrast | None:
