@@ -48,6 +48,9 @@ def add_common(q: argparse.ArgumentParser) -> None:
     q.add_argument("--guidance", type=float)
     q.add_argument("--shift", type=float,
                    help="the sampling schedule's shift (default: the model card's; bundled-format models)")
+    q.add_argument("--composition", type=float, nargs=2, metavar=("WEIGHT", "FROM_T"),
+                   help="guide each object of a several-object prompt by its own caption at flow "
+                        "times >= FROM_T (default: the model card's; WEIGHT 0 turns it off)")
     q.add_argument("--backend", default="torch")
     q.add_argument("--config", help="model registry file (TOML)")
     q.add_argument("--threads", type=int)
@@ -65,18 +68,35 @@ def load(args: argparse.Namespace, capability: str) -> tuple[Engine, Scorer | No
     registry = default_registry()
     engine = registry.get(args.model, capability)
     if args.shift is not None:
-        set_shift(engine, args.shift)
+        loaded_pipeline(engine, "--shift").shift = args.shift
+    if args.composition is not None:
+        from lanterna.engines.pipeline import Composition
+
+        try:
+            composition = Composition(*args.composition)
+        except ValueError as e:
+            raise SystemExit(f"--composition: {e}") from None
+        loaded_pipeline(engine, "--composition").composition = composition
     return engine, registry.scorer()
 
 
-def set_shift(engine: Engine, shift: float) -> None:
-    """Sample with another schedule shift than the model card's, for this process only."""
+def loaded_pipeline(engine: Engine, option: str):
+    """The pipeline of a bundled-format model, to sample with other settings than its card's for
+    this process only."""
     from lanterna.engines.shapes import ShapesEngine
 
     if not isinstance(engine, ShapesEngine):
-        raise SystemExit(f"--shift: {engine.name} is not a bundled-format model; its scheduler sets its own")
+        raise SystemExit(f"{option}: {engine.name} is not a bundled-format model; its scheduler sets its own")
     engine.load()
-    engine.pipeline.shift = shift
+    return engine.pipeline
+
+
+def composition_report(engine: Engine) -> dict | None:
+    """The composition a bundled-format model sampled with (None for none, or for other models)."""
+    from lanterna.engines.shapes import ShapesEngine
+
+    c = engine.pipeline.composition if isinstance(engine, ShapesEngine) and engine.pipeline else None
+    return None if c is None or c.weight == 0 else {"weight": c.weight, "from_t": c.from_t}
 
 
 def shift_of(engine: Engine) -> float | None:
@@ -152,7 +172,8 @@ def run_bench(args: argparse.Namespace) -> int:
     report.update(model=engine.name, weights=engine.weights_hash, sampler=args.sampler or
                   engine.defaults.sampler, steps=args.steps or engine.defaults.steps,
                   guidance=engine.defaults.guidance if args.guidance is None else args.guidance,
-                  shift=shift_of(engine), backend=args.backend, seconds=round(time.perf_counter() - start, 1))
+                  shift=shift_of(engine), composition=composition_report(engine), backend=args.backend,
+                  seconds=round(time.perf_counter() - start, 1))
     report.update(prompts_per_task=args.prompts_per_task, images_per_prompt=args.images_per_prompt)
     if not video:
         report["best_of"] = args.best_of
@@ -190,7 +211,7 @@ def run_samplers(args: argparse.Namespace) -> int:
                          "seconds": round(time.perf_counter() - start, 1)})
             log.info("%s", rows[-1])
     report = {"model": engine.name, "weights": engine.weights_hash, "shift": shift_of(engine),
-              "prompts_per_task": args.prompts_per_task,
+              "composition": composition_report(engine), "prompts_per_task": args.prompts_per_task,
               "images_per_prompt": args.images_per_prompt, "rows": rows}
     if args.record:
         record_in_card(engine.name, {"bench": "samplers", **report})

@@ -37,7 +37,18 @@ def test_shift_overrides_the_cards_and_is_reported(tiny_weights, capsys):
     printed = [json.loads(chunk) for chunk in capsys.readouterr().out.replace("}\n{", "}\0{").split("\0")]
     assert [p["shift"] for p in printed] == [1.0, 3.0]  # the tiny card sets none: 1
     with pytest.raises(SystemExit, match="not a bundled-format model"):  # a diffusers folder's, say
-        bench_cli.set_shift(SimpleNamespace(name="sd15", pipeline=object(), load=lambda: None), 2.0)
+        bench_cli.loaded_pipeline(SimpleNamespace(name="sd15", pipeline=object(), load=lambda: None), "--shift")
+
+
+def test_composition_overrides_the_cards_and_is_reported(tiny_weights, capsys):
+    args = ["bench", "geneval", "--prompts-per-task", "2", "--images-per-prompt", "1", "--steps", "2",
+            "--tasks", "color_attr"]
+    assert main(args) == 0 and main(args + ["--composition", "1.5", "0.6"]) == 0
+    assert main(args + ["--composition", "0", "0.6"]) == 0
+    printed = [json.loads(chunk) for chunk in capsys.readouterr().out.replace("}\n{", "}\0{").split("\0")]
+    assert [p["composition"] for p in printed] == [None, {"weight": 1.5, "from_t": 0.6}, None]
+    with pytest.raises(SystemExit, match="--composition: .*from_t"):
+        main(args + ["--composition", "1", "2"])
 
 
 def test_geneval_best_of(tiny_weights, capsys):

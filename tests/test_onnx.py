@@ -259,3 +259,18 @@ def test_word_aware_model_runs_on_onnx_as_on_torch(tmp_path, cache, text_context
     torch_image = np.asarray(engine.run(GenerationRequest(**request)).images[0], dtype=int)
     onnx_image = np.asarray(engine.run(GenerationRequest(**request, backend="onnx")).images[0], dtype=int)
     assert np.abs(torch_image - onnx_image).max() <= 2
+
+
+def test_composition_runs_on_onnx_as_on_torch(tmp_path, cache):
+    from lanterna.engines import weights
+
+    directory = save_tiny_bundle(tmp_path / "weights", kinds=("unet",))
+    card = weights.read_card("shapes-unet", directory)
+    weights.write_card("shapes-unet", {**card, "composition": {"weight": 1.0, "from_t": 0.5}}, directory)
+    engine = ShapesEngine("shapes-unet", directory)
+    request = dict(task="t2i", prompt="a red circle and a blue square", seeds=[3, 4], steps=4)
+    torch_result = engine.run(GenerationRequest(**request))
+    onnx_result = engine.run(GenerationRequest(**request, backend="onnx"))
+    assert onnx_result.params["composition"]["parts"] == ["a red circle", "a blue square"]
+    for a, b in zip(torch_result.images, onnx_result.images):
+        assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 2

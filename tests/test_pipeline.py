@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from lanterna.engines.base import GenerationCancelled
-from lanterna.engines.pipeline import LatentDiffusionPipeline, SamplingOptions
+from lanterna.engines.pipeline import Composition, LatentDiffusionPipeline, SamplingOptions, composition_of
+from lanterna.world.captions import object_captions
 from tests.tiny_models import tiny_pipeline
 
 
@@ -171,3 +172,67 @@ def test_heun_converges_on_a_flow_model(pipe):
     heun_error = (run("heun", 4) - reference).abs().mean()
     euler_error = (run("flow-euler", 4) - reference).abs().mean()
     assert heun_error < euler_error
+
+
+# ---------------------------------------------------------------- composition
+
+TWO = "a red circle and a blue square on a black background"
+
+
+@pytest.fixture()
+def composed() -> LatentDiffusionPipeline:
+    p = tiny_pipeline("dit")
+    p.composition, p.split_prompt = Composition(weight=0.7, from_t=0.5), object_captions
+    return p
+
+
+def raw_output(p: LatentDiffusionPipeline, x: torch.Tensor, t: float, prompt: str) -> torch.Tensor:
+    c = p.encode_prompts([prompt])
+    tb = torch.full((x.shape[0],), t)
+    with torch.no_grad():
+        return p.denoiser(x, tb, c.context.expand(x.shape[0], -1, -1), c.mask.expand(x.shape[0], -1),
+                          c.pooled.expand(x.shape[0], -1)).float()
+
+
+@pytest.mark.parametrize("t", [0.8, 0.3])
+def test_composition_adds_each_objects_direction_at_high_noise(composed, t):
+    x = torch.randn(2, *composed.latent_shape(64, 64, None), generator=torch.Generator().manual_seed(0))
+    cond, uncond, parts = composed.conditions(TWO, "", 2)
+    assert parts is not None and parts.context.shape[0] == 4
+    with torch.no_grad():
+        got = composed.flow_denoiser(cond, uncond, 3.0, parts)(x, torch.tensor(t))
+    out_u, out_c = raw_output(composed, x, t, ""), raw_output(composed, x, t, TWO)
+    guided = out_u + 3.0 * (out_c - out_u)
+    if t >= 0.5:
+        for part in ("a red circle on a black background", "a blue square on a black background"):
+            guided = guided + 0.7 * (raw_output(composed, x, t, part) - out_u)
+    assert torch.allclose(got, x - t * guided, atol=1e-5)
+
+
+def test_composition_keeps_images_independent_of_their_batch(composed):
+    options = SamplingOptions(steps=3, guidance=2.0, sampler="dpmpp-2m")
+    batch = composed.generate_latents(TWO, [3, 4, 5], options, 64, 64)
+    for i, seed in enumerate([3, 4, 5]):
+        alone = composed.generate_latents(TWO, [seed], options, 64, 64)
+        assert (batch[i] - alone[0]).abs().max() <= 1e-5 * batch.abs().max()
+
+
+def test_composition_changes_only_prompts_of_several_objects(pipe, composed):
+    options = SamplingOptions(steps=3, guidance=2.0, sampler="dpmpp-2m")
+    for prompt, same in (("a red circle", True), ("three red circles", True),
+                         ("a red circle, please", True), (TWO, False)):
+        a = pipe.generate_latents(prompt, [1], options, 64, 64)
+        b = composed.generate_latents(prompt, [1], options, 64, 64)
+        assert torch.equal(a, b) == same, prompt
+    composed.composition = Composition(weight=0.0, from_t=0.5)
+    assert composed.prompt_parts(TWO) == []
+
+
+@pytest.mark.parametrize("spec, word", [
+    ({"weight": -1, "from_t": 0.5}, "weight"), ({"weight": float("nan"), "from_t": 0.5}, "weight"),
+    ({"weight": 1, "from_t": 1.5}, "from_t"),
+])
+def test_bad_composition_names_the_field(spec, word):
+    with pytest.raises(ValueError, match=word):
+        composition_of({"composition": spec})
+    assert composition_of({}) is None

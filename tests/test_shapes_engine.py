@@ -94,3 +94,26 @@ def test_scorer_scores(registry):
     scorer = registry.scorer()
     scores = scorer.clip_scores([Image.new("RGB", (64, 64))] * 2, ["a red circle", "a blue square"])
     assert len(scores) == 2 and all(0 <= s <= 100 for s in scores)
+
+
+def test_card_composition_guides_prompts_of_several_objects(tmp_path):
+    from lanterna.engines import weights
+    from lanterna.engines.shapes import ShapesEngine
+
+    directory = save_tiny_bundle(tmp_path, kinds=("unet",))
+    plain = ShapesEngine("shapes-unet", directory)
+    card = weights.read_card("shapes-unet", directory)
+    weights.write_card("shapes-unet", {**card, "composition": {"weight": 1.0, "from_t": 0.6}}, directory)
+    composed = ShapesEngine("shapes-unet", directory)
+    two = "a picture of a red circle and a blue square"
+    result = composed.run(GenerationRequest(task="t2i", prompt=two, seeds=[2]))
+    assert result.params["composition"] == {"weight": 1.0, "from_t": 0.6,
+                                            "parts": ["a red circle", "a blue square"]}
+    before = plain.run(GenerationRequest(task="t2i", prompt=two, seeds=[2]))
+    assert "composition" not in before.params
+    assert not np.array_equal(np.asarray(result.images[0]), np.asarray(before.images[0]))
+    one = composed.run(GenerationRequest(task="t2i", prompt="a red circle", seeds=[2]))
+    assert "composition" not in one.params
+    assert np.array_equal(np.asarray(one.images[0]),
+                          np.asarray(plain.run(GenerationRequest(task="t2i", prompt="a red circle",
+                                                                  seeds=[2])).images[0]))

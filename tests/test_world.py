@@ -15,7 +15,7 @@ from scipy.spatial import ConvexHull
 
 from lanterna.engines.nets.text import ShapesTokenizer
 from lanterna.world import captions, sampling
-from lanterna.world.captions import caption_of, parse_caption, try_parse
+from lanterna.world.captions import caption_of, object_captions, parse_caption, try_parse
 from lanterna.world.judge import (
     judge, judge_batch, judge_detection, judge_video_detections, relation_gap, the_one)
 from lanterna.world.layout import layout
@@ -238,6 +238,27 @@ def test_text_outside_the_grammar_is_refused_clearly(text, complaint):
         parse_caption(text)
     assert complaint in str(info.value)
     assert try_parse(text) is None
+
+
+@pytest.mark.parametrize("text, parts", [
+    ("an image of a yellow circle and a large red triangle on a black background",
+     ["a yellow circle on a black background", "a large red triangle on a black background"]),
+    ("a green cross above two blue squares", []),  # a relation joins single objects; not a caption
+    ("a small green cross to the left of an orange square",
+     ["a small green cross", "an orange square"]),
+    ("there are two red circles and a blue cross in the top left",
+     ["two red circles", "a blue cross in the top left"]),
+    ("a red circle moving left and a blue square growing",
+     ["a red circle moving left", "a blue square growing"]),
+    ("three purple squares", []),
+    ("a red circle", []),
+    ("a red circle, please", []),
+])
+def test_object_captions_name_each_object_alone(text, parts):
+    assert object_captions(text) == parts
+    whole = try_parse(text)
+    for part, obj in zip(parts, whole.objects if parts else ()):
+        assert parse_caption(part) == Requirements((obj,), None, whole.background)
 
 
 def test_every_caption_word_is_in_the_vocabulary():

@@ -488,7 +488,8 @@ def onnx_pipeline(engine: ShapesEngine, providers: Sequence[str] | None = None,
     pipeline = LatentDiffusionPipeline(
         OnnxDenoiser(parts["denoiser"]), OnnxVAE(parts["vae_decoder"], torch_pipeline.vae),
         OnnxTextEncoder(parts["text_encoder"]), torch_pipeline.tokenizer,
-        prediction=torch_pipeline.prediction, shift=torch_pipeline.shift, max_tokens=torch_pipeline.max_tokens)
+        prediction=torch_pipeline.prediction, shift=torch_pipeline.shift, max_tokens=torch_pipeline.max_tokens,
+        composition=torch_pipeline.composition, split_prompt=torch_pipeline.split_prompt)
     return pipeline, f"onnx:{parts['denoiser'].provider}"
 
 

@@ -3,6 +3,9 @@
 The in-repo denoisers are rectified-flow models (x_t = (1 - t) x0 + t eps). Every sampler runs
 on them: flow samplers directly, the k-diffusion-style ones through the change of variables
 x_ve = x_t / (1 - t), sigma = t / (1 - t), under which x_ve = x0 + sigma eps.
+
+A prompt naming several objects can also be guided by each object's own caption while the noise
+is high (`Composition`), which binds each colour to its own shape.
 """
 
 from __future__ import annotations
@@ -40,6 +43,32 @@ class TextCondition:
             self.context.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0),
             self.pooled.repeat_interleave(n, 0), self.unknown_words * n, self.truncated * n,
         )
+
+
+@dataclass(frozen=True)
+class Composition:
+    """Composable diffusion (Liu et al. 2022, eq. 10) over the prompt's objects, at high noise.
+
+    While the flow time is at least `from_t`, each object's own caption adds `weight` x (its
+    conditional output - the unconditional one) to the guided output of the whole prompt. The
+    layout and which colour goes with which shape are settled at high noise; later, the object
+    captions would pull every object towards every shape, so only the whole prompt guides there.
+    """
+
+    weight: float
+    from_t: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"composition weight: must be a finite number >= 0, got {self.weight!r}")
+        if not 0 <= self.from_t <= 1:
+            raise ValueError(f"composition from_t: must be a flow time in [0, 1], got {self.from_t!r}")
+
+
+def composition_of(card: dict) -> Composition | None:
+    """A model card's `composition` ({"weight", "from_t"}), or None where it has none."""
+    spec = card.get("composition")
+    return None if spec is None else Composition(float(spec["weight"]), float(spec["from_t"]))
 
 
 @dataclass
@@ -82,7 +111,8 @@ def check_finite(x: torch.Tensor, what: str) -> None:
 class LatentDiffusionPipeline:
     def __init__(self, denoiser: nn.Module, vae: AutoencoderKL, clip: ShapesCLIP,
                  tokenizer: ShapesTokenizer, prediction: str = "v", shift: float = 1.0,
-                 max_tokens: int = 24) -> None:
+                 max_tokens: int = 24, composition: Composition | None = None,
+                 split_prompt: Callable[[str], list[str]] | None = None) -> None:
         if prediction not in ("v", "x0"):
             raise ValueError(f"prediction: must be 'v' or 'x0', got {prediction!r}")
         self.denoiser = denoiser.eval()
@@ -92,6 +122,9 @@ class LatentDiffusionPipeline:
         self.prediction = prediction
         self.shift = shift
         self.max_tokens = max_tokens
+        # Composition needs both: the weights, and what splits a prompt into its objects' captions.
+        self.composition = composition
+        self.split_prompt = split_prompt
 
     # -- text ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -102,13 +135,22 @@ class LatentDiffusionPipeline:
                              tokens.unknown_words, list(tokens.truncated))
 
     # -- denoisers ----------------------------------------------------------------------------
-    def flow_denoiser(self, cond: TextCondition, uncond: TextCondition, guidance: float) -> Denoiser:
-        """x0-estimate of a guided flow model: denoise(x_t, t) with t a scalar or (B,) tensor."""
+    def flow_denoiser(self, cond: TextCondition, uncond: TextCondition, guidance: float,
+                      parts: TextCondition | None = None) -> Denoiser:
+        """x0-estimate of a guided flow model: denoise(x_t, t) with t a scalar or (B,) tensor.
+
+        `parts` holds the object captions' conditions, part-major (part j of image i at row
+        j * B + i), guiding as `self.composition` says.
+        """
         use_cfg = guidance != 1.0
+        compose = self.composition if parts is not None else None
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             t_b = torch.as_tensor(t, dtype=x.dtype).reshape(-1).expand(x.shape[0])
-            if use_cfg:
+            active = compose is not None and bool((t_b >= compose.from_t).any())
+            if active:
+                out = self.composed_output(x, t_b, cond, uncond, parts, guidance, compose)
+            elif use_cfg:
                 out = self.denoiser(
                     torch.cat([x, x]), torch.cat([t_b, t_b]),
                     torch.cat([uncond.context, cond.context]), torch.cat([uncond.mask, cond.mask]),
@@ -123,6 +165,22 @@ class LatentDiffusionPipeline:
             return x - t_b.view(-1, *([1] * (x.dim() - 1))) * out
 
         return denoise
+
+    def composed_output(self, x: torch.Tensor, t_b: torch.Tensor, cond: TextCondition,
+                        uncond: TextCondition, parts: TextCondition, guidance: float,
+                        compose: Composition) -> torch.Tensor:
+        """Guided output plus each part's weighted direction, in one batch of (2 + parts) x B."""
+        rows = 2 + parts.context.shape[0] // x.shape[0]
+        out = self.denoiser(
+            x.repeat(rows, *([1] * (x.dim() - 1))), t_b.repeat(rows),
+            torch.cat([uncond.context, cond.context, parts.context]),
+            torch.cat([uncond.mask, cond.mask, parts.mask]),
+            torch.cat([uncond.pooled, cond.pooled, parts.pooled]),
+        ).float().unflatten(0, (rows, x.shape[0]))
+        out_u = out[0]
+        weight = compose.weight * (t_b >= compose.from_t).to(out.dtype)
+        directions = (out[2:] - out_u).sum(0)
+        return out_u + guidance * (out[1] - out_u) + weight.view(-1, *([1] * (x.dim() - 1))) * directions
 
     # -- schedules ----------------------------------------------------------------------------
     def sigmas_for(self, sampler: str, steps: int) -> torch.Tensor:
@@ -172,13 +230,27 @@ class LatentDiffusionPipeline:
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
         return noise, generators
 
-    def conditions(self, prompt: str, negative_prompt: str, n: int) -> tuple[TextCondition, TextCondition]:
-        both = self.encode_prompts([prompt, negative_prompt])
-        cond = TextCondition(both.context[:1], both.mask[:1], both.pooled[:1],
-                             both.unknown_words[:1], both.truncated[:1])
-        uncond = TextCondition(both.context[1:], both.mask[1:], both.pooled[1:],
-                               both.unknown_words[1:], both.truncated[1:])
-        return cond.repeat(n), uncond.repeat(n)
+    def conditions(self, prompt: str, negative_prompt: str, n: int
+                   ) -> tuple[TextCondition, TextCondition, TextCondition | None]:
+        """The prompt's, the negative prompt's and (when composing) the object captions'
+        conditions, each repeated for n images (parts part-major)."""
+        parts = self.prompt_parts(prompt)
+        both = self.encode_prompts([prompt, negative_prompt, *parts])
+        cond, uncond = (TextCondition(both.context[i:i + 1], both.mask[i:i + 1], both.pooled[i:i + 1],
+                                      both.unknown_words[i:i + 1], both.truncated[i:i + 1])
+                        for i in (0, 1))
+        if not parts:
+            return cond.repeat(n), uncond.repeat(n), None
+        per_part = TextCondition(both.context[2:], both.mask[2:], both.pooled[2:],
+                                 both.unknown_words[2:], both.truncated[2:])
+        return cond.repeat(n), uncond.repeat(n), per_part.repeat(n)
+
+    def prompt_parts(self, prompt: str) -> list[str]:
+        """The object captions composition guides by: none without composition, or for a prompt
+        the splitter finds one object (or no grammar) in."""
+        if self.composition is None or self.composition.weight == 0 or self.split_prompt is None:
+            return []
+        return self.split_prompt(prompt)
 
     @torch.no_grad()
     def generate_latents(self, prompt: str, seeds: list[int], options: SamplingOptions,
@@ -188,9 +260,9 @@ class LatentDiffusionPipeline:
                          on_step: StepCallback | None = None,
                          cancelled: CancelFlag | None = None) -> torch.Tensor:
         check_options(options)
-        cond, uncond = self.conditions(prompt, negative_prompt, len(seeds))
+        cond, uncond, parts = self.conditions(prompt, negative_prompt, len(seeds))
         noise, generators = self.initial_noise(seeds, self.latent_shape(height, width, frames))
-        denoise = self.flow_denoiser(cond, uncond, options.guidance)
+        denoise = self.flow_denoiser(cond, uncond, options.guidance, parts)
         if blend is not None:
             denoise = keep_known_region(denoise, *blend)
         sigmas = self.sigmas_for(options.sampler, options.steps)

@@ -26,8 +26,9 @@ from lanterna.engines.base import (
 from lanterna.engines.nets import VIDEO_NET_KINDS, build_net
 from lanterna.engines.nets.text import ShapesCLIP, ShapesCLIPConfig, ShapesTokenizer, text_conditioner, text_context_of
 from lanterna.engines.nets.vae import AutoencoderKL, VAEConfig
-from lanterna.engines.pipeline import LatentDiffusionPipeline, SamplingOptions
+from lanterna.engines.pipeline import LatentDiffusionPipeline, SamplingOptions, composition_of
 from lanterna.engines.samplers import SAMPLERS
+from lanterna.world.captions import object_captions
 
 log = logging.getLogger("lanterna.engines.shapes")
 
@@ -105,6 +106,8 @@ class ShapesEngine:
                 self.tokenizer,
                 prediction=self.card.get("prediction", "v"),
                 shift=self.card.get("shift", 1.0),
+                composition=composition_of(self.card),
+                split_prompt=object_captions,
             )
             log.info("loaded %s", self.name)
 
@@ -176,6 +179,9 @@ class ShapesEngine:
                          "sampler": options.sampler, "width": width, "height": height,
                          "frames": request.frames or self.defaults.frames if self.is_video else None,
                          "scheduler": f"lanterna.samplers.{options.sampler}"}
+        if parts := p.prompt_parts(request.prompt):
+            c = p.composition
+            result.params["composition"] = {"weight": c.weight, "from_t": c.from_t, "parts": parts}
         result.warnings = self.warnings(request.prompt)
         return result
 

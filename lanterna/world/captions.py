@@ -191,6 +191,16 @@ def try_parse(text: str) -> Requirements | None:
         return None
 
 
+def object_captions(text: str) -> list[str]:
+    """One plain caption per object a caption names, each with the caption's background; none
+    for a caption of one object (or group) and for text outside the grammar. A relation between
+    the objects is dropped: each caption describes its object alone."""
+    req = try_parse(text)
+    if req is None or len(req.objects) < 2:
+        return []
+    return [caption_of(Requirements((obj,), None, req.background)) for obj in req.objects]
+
+
 def parse_item(words: Words) -> ObjectRequirement:
     det = words.take()
     if det not in COUNT_WORDS:
