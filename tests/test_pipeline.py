@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from lanterna.engines.base import GenerationCancelled
-from lanterna.engines.pipeline import Composition, LatentDiffusionPipeline, SamplingOptions, composition_of
-from lanterna.world.captions import object_captions
+from lanterna.engines.pipeline import (Composition, LatentDiffusionPipeline, SamplingOptions, box_mask,
+                                      composition_of)
+from lanterna.world.regions import object_regions
 from tests.tiny_models import tiny_pipeline
 
 
@@ -182,7 +183,7 @@ TWO = "a red circle and a blue square on a black background"
 @pytest.fixture()
 def composed() -> LatentDiffusionPipeline:
     p = tiny_pipeline("dit")
-    p.composition, p.split_prompt = Composition(weight=0.7, from_t=0.5), object_captions
+    p.composition, p.split_prompt = Composition(weight=0.7, from_t=0.5), object_regions
     return p
 
 
@@ -195,18 +196,25 @@ def raw_output(p: LatentDiffusionPipeline, x: torch.Tensor, t: float, prompt: st
 
 
 @pytest.mark.parametrize("t", [0.8, 0.3])
-def test_composition_adds_each_objects_direction_at_high_noise(composed, t):
-    x = torch.randn(2, *composed.latent_shape(64, 64, None), generator=torch.Generator().manual_seed(0))
-    cond, uncond, parts = composed.conditions(TWO, "", 2)
-    assert parts is not None and parts.context.shape[0] == 4
+def test_composition_adds_each_objects_direction_in_its_box_at_high_noise(composed, t):
+    shape = composed.latent_shape(64, 64, None)
+    seeds = [0, 5]
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    cond, uncond, parts = composed.conditions(TWO, "", seeds, shape)
     with torch.no_grad():
         got = composed.flow_denoiser(cond, uncond, 3.0, parts)(x, torch.tensor(t))
     out_u, out_c = raw_output(composed, x, t, ""), raw_output(composed, x, t, TWO)
     guided = out_u + 3.0 * (out_c - out_u)
     if t >= 0.5:
-        for part in ("a red circle on a black background", "a blue square on a black background"):
-            guided = guided + 0.7 * (raw_output(composed, x, t, part) - out_u)
+        for j, part in enumerate(("a red circle on a black background", "a blue square on a black background")):
+            masks = torch.stack([box_mask(object_regions(TWO, s)[j].box, *shape[1:]) for s in seeds])
+            guided = guided + 0.7 * masks[:, None] * (raw_output(composed, x, t, part) - out_u)
     assert torch.allclose(got, x - t * guided, atol=1e-5)
+
+
+def test_box_mask_covers_the_box():
+    mask = box_mask((0.5, 0.0, 1.0, 0.5), 16, 16)
+    assert mask.sum() == 64 and mask[:8, 8:].all() and mask[8:].sum() == 0 and mask[:, :8].sum() == 0
 
 
 def test_composition_keeps_images_independent_of_their_batch(composed):
@@ -225,7 +233,19 @@ def test_composition_changes_only_prompts_of_several_objects(pipe, composed):
         b = composed.generate_latents(prompt, [1], options, 64, 64)
         assert torch.equal(a, b) == same, prompt
     composed.composition = Composition(weight=0.0, from_t=0.5)
-    assert composed.prompt_parts(TWO) == []
+    assert composed.prompt_parts(TWO, [1]) == []
+
+
+def test_composition_runs_on_video_latents(video_pipe):
+    video_pipe.composition, video_pipe.split_prompt = Composition(1.0, 0.5), object_regions
+    try:
+        options = SamplingOptions(steps=2, guidance=2.0, sampler="dpmpp-2m")
+        cond, uncond, parts = video_pipe.conditions(TWO, "", [1, 2], video_pipe.latent_shape(64, 64, 3))
+        assert parts.masks.shape[:4] == (2, 2, 1, 1)
+        videos = video_pipe.text_to_video("a red circle moving left and a blue square", [1], options, 3, 64, 64)
+        assert len(videos[0]) == 3
+    finally:
+        video_pipe.composition = video_pipe.split_prompt = None
 
 
 @pytest.mark.parametrize("spec, word", [

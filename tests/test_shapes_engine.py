@@ -107,8 +107,10 @@ def test_card_composition_guides_prompts_of_several_objects(tmp_path):
     composed = ShapesEngine("shapes-unet", directory)
     two = "a picture of a red circle and a blue square"
     result = composed.run(GenerationRequest(task="t2i", prompt=two, seeds=[2]))
-    assert result.params["composition"] == {"weight": 1.0, "from_t": 0.6,
-                                            "parts": ["a red circle", "a blue square"]}
+    composition = result.params["composition"]
+    assert (composition["weight"], composition["from_t"]) == (1.0, 0.6)
+    assert [p["prompt"] for p in composition["parts"]] == ["a red circle", "a blue square"]
+    assert len(composition["parts"][0]["boxes"]) == 1
     before = plain.run(GenerationRequest(task="t2i", prompt=two, seeds=[2]))
     assert "composition" not in before.params
     assert not np.array_equal(np.asarray(result.images[0]), np.asarray(before.images[0]))

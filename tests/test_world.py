@@ -20,6 +20,7 @@ from lanterna.world.judge import (
     judge, judge_batch, judge_detection, judge_video_detections, relation_gap, the_one)
 from lanterna.world.layout import layout
 from lanterna.world.near_miss import EDITS, near_miss, near_miss_scene
+from lanterna.world.regions import SIDE_BOXES, object_regions
 from lanterna.world.oracle import classify, detect, detect_batch, hull_area
 from lanterna.world.palette import (
     BACKGROUNDS,
@@ -259,6 +260,33 @@ def test_object_captions_name_each_object_alone(text, parts):
     whole = try_parse(text)
     for part, obj in zip(parts, whole.objects if parts else ()):
         assert parse_caption(part) == Requirements((obj,), None, whole.background)
+
+
+@pytest.mark.parametrize("relation, first, second", [
+    ("to the left of", "left", "right"), ("right of", "right", "left"),
+    ("above", "top", "bottom"), ("below", "bottom", "top")])
+def test_a_relation_puts_each_object_on_its_side(relation, first, second):
+    text = f"an image of a red circle {relation} a blue square"
+    for seed in range(5):
+        regions = object_regions(text, seed)
+        assert [r.caption for r in regions] == ["a red circle", "a blue square"]
+        assert [r.box for r in regions] == [SIDE_BOXES[first], SIDE_BOXES[second]]
+
+
+def test_objects_share_the_canvas_in_seeded_strips():
+    text = "a red circle and a blue square and a green cross"
+    layouts = {tuple(r.box for r in object_regions(text, seed)) for seed in range(40)}
+    assert len(layouts) > 4  # the seed picks the order and the direction
+    assert object_regions(text, 7) == object_regions(text, 7)
+    for boxes in layouts:
+        assert sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) == pytest.approx(1.0)
+        for i, a in enumerate(boxes):  # strips do not overlap
+            for b in boxes[i + 1:]:
+                assert min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1])
+    placed = object_regions("a red circle in the top right and a blue square", 3)
+    assert placed[0].box == pytest.approx((2 / 3, 0.0, 1.0, 1 / 3))
+    assert placed[1].box == (0.0, 0.0, 1.0, 1.0)  # the one object without a place: all of it
+    assert object_regions("two red circles", 0) == [] and object_regions("hello", 0) == []
 
 
 def test_every_caption_word_is_in_the_vocabulary():

@@ -4,15 +4,16 @@ The in-repo denoisers are rectified-flow models (x_t = (1 - t) x0 + t eps). Ever
 on them: flow samplers directly, the k-diffusion-style ones through the change of variables
 x_ve = x_t / (1 - t), sigma = t / (1 - t), under which x_ve = x0 + sigma eps.
 
-A prompt naming several objects can also be guided by each object's own caption while the noise
-is high (`Composition`), which binds each colour to its own shape.
+A prompt naming several objects can also be guided, while the noise is high, by each object's own
+caption within that object's box of the canvas (`Composition`), which binds each colour to its own
+shape and puts each object on its side.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -47,12 +48,14 @@ class TextCondition:
 
 @dataclass(frozen=True)
 class Composition:
-    """Composable diffusion (Liu et al. 2022, eq. 10) over the prompt's objects, at high noise.
+    """Regional composable guidance over the prompt's objects, at high noise.
 
-    While the flow time is at least `from_t`, each object's own caption adds `weight` x (its
-    conditional output - the unconditional one) to the guided output of the whole prompt. The
-    layout and which colour goes with which shape are settled at high noise; later, the object
-    captions would pull every object towards every shape, so only the whole prompt guides there.
+    Composable diffusion (Liu et al. 2022, eq. 10) adds each object caption's direction (its
+    conditional output - the unconditional one) to the whole prompt's guided output; here each
+    direction counts only inside its object's box, as in region-based MultiDiffusion (Bar-Tal et
+    al. 2023), and only while the flow time is at least `from_t`: the layout and which colour
+    goes with which shape are settled at high noise, and after that the whole prompt alone
+    finishes the shapes.
     """
 
     weight: float
@@ -69,6 +72,30 @@ def composition_of(card: dict) -> Composition | None:
     """A model card's `composition` ({"weight", "from_t"}), or None where it has none."""
     spec = card.get("composition")
     return None if spec is None else Composition(float(spec["weight"]), float(spec["from_t"]))
+
+
+class PromptPart(Protocol):
+    caption: str
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the canvas
+
+
+PromptSplitter = Callable[[str, int], Sequence[PromptPart]]  # (prompt, seed) -> one part per object
+
+
+@dataclass
+class PartConditions:
+    """The object captions' conditions, part-major (part j of image i at row j * B + i), and each
+    part's box as a latent mask, K x B x 1 x (F x) h x w."""
+
+    text: TextCondition
+    masks: torch.Tensor
+
+
+def box_mask(box: tuple[float, float, float, float], height: int, width: int) -> torch.Tensor:
+    x0, y0, x1, y1 = box
+    mask = torch.zeros(height, width)
+    mask[round(y0 * height):round(y1 * height), round(x0 * width):round(x1 * width)] = 1.0
+    return mask
 
 
 @dataclass
@@ -112,7 +139,7 @@ class LatentDiffusionPipeline:
     def __init__(self, denoiser: nn.Module, vae: AutoencoderKL, clip: ShapesCLIP,
                  tokenizer: ShapesTokenizer, prediction: str = "v", shift: float = 1.0,
                  max_tokens: int = 24, composition: Composition | None = None,
-                 split_prompt: Callable[[str], list[str]] | None = None) -> None:
+                 split_prompt: PromptSplitter | None = None) -> None:
         if prediction not in ("v", "x0"):
             raise ValueError(f"prediction: must be 'v' or 'x0', got {prediction!r}")
         self.denoiser = denoiser.eval()
@@ -122,7 +149,7 @@ class LatentDiffusionPipeline:
         self.prediction = prediction
         self.shift = shift
         self.max_tokens = max_tokens
-        # Composition needs both: the weights, and what splits a prompt into its objects' captions.
+        # Composition needs both: the weights, and what splits a prompt into its objects.
         self.composition = composition
         self.split_prompt = split_prompt
 
@@ -136,12 +163,9 @@ class LatentDiffusionPipeline:
 
     # -- denoisers ----------------------------------------------------------------------------
     def flow_denoiser(self, cond: TextCondition, uncond: TextCondition, guidance: float,
-                      parts: TextCondition | None = None) -> Denoiser:
-        """x0-estimate of a guided flow model: denoise(x_t, t) with t a scalar or (B,) tensor.
-
-        `parts` holds the object captions' conditions, part-major (part j of image i at row
-        j * B + i), guiding as `self.composition` says.
-        """
+                      parts: PartConditions | None = None) -> Denoiser:
+        """x0-estimate of a guided flow model: denoise(x_t, t) with t a scalar or (B,) tensor;
+        `parts` guide as `self.composition` says."""
         use_cfg = guidance != 1.0
         compose = self.composition if parts is not None else None
 
@@ -167,19 +191,20 @@ class LatentDiffusionPipeline:
         return denoise
 
     def composed_output(self, x: torch.Tensor, t_b: torch.Tensor, cond: TextCondition,
-                        uncond: TextCondition, parts: TextCondition, guidance: float,
+                        uncond: TextCondition, parts: PartConditions, guidance: float,
                         compose: Composition) -> torch.Tensor:
-        """Guided output plus each part's weighted direction, in one batch of (2 + parts) x B."""
-        rows = 2 + parts.context.shape[0] // x.shape[0]
+        """Guided output plus each part's direction inside its box, in one batch of (2 + K) x B."""
+        rows = 2 + parts.masks.shape[0]
+        text = parts.text
         out = self.denoiser(
             x.repeat(rows, *([1] * (x.dim() - 1))), t_b.repeat(rows),
-            torch.cat([uncond.context, cond.context, parts.context]),
-            torch.cat([uncond.mask, cond.mask, parts.mask]),
-            torch.cat([uncond.pooled, cond.pooled, parts.pooled]),
+            torch.cat([uncond.context, cond.context, text.context]),
+            torch.cat([uncond.mask, cond.mask, text.mask]),
+            torch.cat([uncond.pooled, cond.pooled, text.pooled]),
         ).float().unflatten(0, (rows, x.shape[0]))
         out_u = out[0]
         weight = compose.weight * (t_b >= compose.from_t).to(out.dtype)
-        directions = (out[2:] - out_u).sum(0)
+        directions = (parts.masks * (out[2:] - out_u)).sum(0)
         return out_u + guidance * (out[1] - out_u) + weight.view(-1, *([1] * (x.dim() - 1))) * directions
 
     # -- schedules ----------------------------------------------------------------------------
@@ -230,27 +255,38 @@ class LatentDiffusionPipeline:
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
         return noise, generators
 
-    def conditions(self, prompt: str, negative_prompt: str, n: int
-                   ) -> tuple[TextCondition, TextCondition, TextCondition | None]:
-        """The prompt's, the negative prompt's and (when composing) the object captions'
-        conditions, each repeated for n images (parts part-major)."""
-        parts = self.prompt_parts(prompt)
-        both = self.encode_prompts([prompt, negative_prompt, *parts])
+    def conditions(self, prompt: str, negative_prompt: str, seeds: list[int], latent_shape: tuple[int, ...]
+                   ) -> tuple[TextCondition, TextCondition, PartConditions | None]:
+        """The prompt's and the negative prompt's conditions for each image, and when composing,
+        the object captions' with each image's boxes."""
+        n = len(seeds)
+        split = self.prompt_parts(prompt, seeds)
+        captions = [part.caption for part in split[0]] if split else []
+        both = self.encode_prompts([prompt, negative_prompt, *captions])
         cond, uncond = (TextCondition(both.context[i:i + 1], both.mask[i:i + 1], both.pooled[i:i + 1],
                                       both.unknown_words[i:i + 1], both.truncated[i:i + 1])
                         for i in (0, 1))
-        if not parts:
+        if not captions:
             return cond.repeat(n), uncond.repeat(n), None
-        per_part = TextCondition(both.context[2:], both.mask[2:], both.pooled[2:],
-                                 both.unknown_words[2:], both.truncated[2:])
-        return cond.repeat(n), uncond.repeat(n), per_part.repeat(n)
+        text = TextCondition(both.context[2:], both.mask[2:], both.pooled[2:],
+                             both.unknown_words[2:], both.truncated[2:])
+        height, width = latent_shape[-2:]
+        masks = torch.stack([torch.stack([box_mask(parts[j].box, height, width) for parts in split])
+                             for j in range(len(captions))])
+        masks = masks.view(len(captions), n, *([1] * (len(latent_shape) - 2)), height, width)
+        return cond.repeat(n), uncond.repeat(n), PartConditions(text.repeat(n), masks)
 
-    def prompt_parts(self, prompt: str) -> list[str]:
-        """The object captions composition guides by: none without composition, or for a prompt
-        the splitter finds one object (or no grammar) in."""
+    def prompt_parts(self, prompt: str, seeds: list[int]) -> list[Sequence[PromptPart]]:
+        """Each image's parts (the same captions, boxes by seed); none without composition, or
+        for a prompt the splitter finds one object (or no grammar) in."""
         if self.composition is None or self.composition.weight == 0 or self.split_prompt is None:
             return []
-        return self.split_prompt(prompt)
+        split = [self.split_prompt(prompt, seed) for seed in seeds]
+        if not split[0]:
+            return []
+        if any([p.caption for p in parts] != [p.caption for p in split[0]] for parts in split):
+            raise ValueError("the prompt splitter gave different object captions for different seeds")
+        return split
 
     @torch.no_grad()
     def generate_latents(self, prompt: str, seeds: list[int], options: SamplingOptions,
@@ -260,8 +296,9 @@ class LatentDiffusionPipeline:
                          on_step: StepCallback | None = None,
                          cancelled: CancelFlag | None = None) -> torch.Tensor:
         check_options(options)
-        cond, uncond, parts = self.conditions(prompt, negative_prompt, len(seeds))
-        noise, generators = self.initial_noise(seeds, self.latent_shape(height, width, frames))
+        shape = self.latent_shape(height, width, frames)
+        cond, uncond, parts = self.conditions(prompt, negative_prompt, seeds, shape)
+        noise, generators = self.initial_noise(seeds, shape)
         denoise = self.flow_denoiser(cond, uncond, options.guidance, parts)
         if blend is not None:
             denoise = keep_known_region(denoise, *blend)

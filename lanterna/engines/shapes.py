@@ -28,7 +28,7 @@ from lanterna.engines.nets.text import ShapesCLIP, ShapesCLIPConfig, ShapesToken
 from lanterna.engines.nets.vae import AutoencoderKL, VAEConfig
 from lanterna.engines.pipeline import LatentDiffusionPipeline, SamplingOptions, composition_of
 from lanterna.engines.samplers import SAMPLERS
-from lanterna.world.captions import object_captions
+from lanterna.world.regions import object_regions
 
 log = logging.getLogger("lanterna.engines.shapes")
 
@@ -107,7 +107,7 @@ class ShapesEngine:
                 prediction=self.card.get("prediction", "v"),
                 shift=self.card.get("shift", 1.0),
                 composition=composition_of(self.card),
-                split_prompt=object_captions,
+                split_prompt=object_regions,
             )
             log.info("loaded %s", self.name)
 
@@ -179,9 +179,12 @@ class ShapesEngine:
                          "sampler": options.sampler, "width": width, "height": height,
                          "frames": request.frames or self.defaults.frames if self.is_video else None,
                          "scheduler": f"lanterna.samplers.{options.sampler}"}
-        if parts := p.prompt_parts(request.prompt):
+        if split := p.prompt_parts(request.prompt, request.seeds):
             c = p.composition
-            result.params["composition"] = {"weight": c.weight, "from_t": c.from_t, "parts": parts}
+            result.params["composition"] = {
+                "weight": c.weight, "from_t": c.from_t,
+                "parts": [{"prompt": part.caption, "boxes": [list(parts[j].box) for parts in split]}
+                          for j, part in enumerate(split[0])]}
         result.warnings = self.warnings(request.prompt)
         return result
 
