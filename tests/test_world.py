@@ -20,7 +20,7 @@ from lanterna.world.judge import (
     judge, judge_batch, judge_detection, judge_video_detections, relation_gap, the_one)
 from lanterna.world.layout import layout
 from lanterna.world.near_miss import EDITS, near_miss, near_miss_scene
-from lanterna.world.regions import SIDE_BOXES, object_regions, seeded_boxes
+from lanterna.world.regions import SIDE_BOXES, object_regions
 from lanterna.world.oracle import classify, detect, detect_batch, hull_area
 from lanterna.world.palette import (
     BACKGROUNDS,
@@ -287,23 +287,6 @@ def test_objects_share_the_canvas_in_seeded_strips():
     assert placed[0].box == pytest.approx((2 / 3, 0.0, 1.0, 1 / 3))
     assert placed[1].box == (0.0, 0.0, 1.0, 1.0)  # the one object without a place: all of it
     assert object_regions("two red circles", 0) == [] and object_regions("hello", 0) == []
-
-
-@pytest.mark.parametrize("motion, axis, sign", [("right", 0, 1), ("left", 0, -1), ("down", 1, 1), ("up", 1, -1)])
-def test_a_moving_object_gets_a_travelling_box(motion, axis, sign):
-    (alone,) = object_regions(f"a photo of a red circle moving {motion}", 0)
-    assert alone.caption == f"a red circle moving {motion}"
-    start = (alone.box[axis] + alone.box[axis + 2]) / 2
-    end = (alone.end_box[axis] + alone.end_box[axis + 2]) / 2
-    assert sign * (end - start) == pytest.approx(0.4)  # 26 px of 64; the judge counts over 6
-    assert alone.box[1 - axis] == 0 and alone.box[3 - axis] == 1  # the other axis: all of it
-    text = f"a red circle moving {motion} and a blue square growing"
-    pair, strips = object_regions(text, 5), seeded_boxes(try_parse(text).objects, 5)
-    assert pair[1].end_box is None and pair[1].box == strips[1]
-    strip = strips[0]
-    for box in (pair[0].box, pair[0].end_box):  # the mover stays inside its strip
-        assert strip[0] <= box[0] < box[2] <= strip[2] and strip[1] <= box[1] < box[3] <= strip[3]
-    assert object_regions("a red circle growing", 0) == [] and object_regions("a red circle standing still", 0) == []
 
 
 def test_every_caption_word_is_in_the_vocabulary():

@@ -77,7 +77,6 @@ def composition_of(card: dict) -> Composition | None:
 class PromptPart(Protocol):
     caption: str
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the canvas
-    end_box: tuple[float, float, float, float] | None  # a video's last frame's box (None: the same)
 
 
 PromptSplitter = Callable[[str, int], Sequence[PromptPart]]  # (prompt, seed) -> one part per object
@@ -86,7 +85,7 @@ PromptSplitter = Callable[[str, int], Sequence[PromptPart]]  # (prompt, seed) ->
 @dataclass
 class PartConditions:
     """The object captions' conditions, part-major (part j of image i at row j * B + i), and each
-    part's box as a latent mask, K x B x 1 x h x w (K x B x 1 x F x h x w for video)."""
+    part's box as a latent mask, K x B x 1 x (F x) h x w."""
 
     text: TextCondition
     masks: torch.Tensor
@@ -97,17 +96,6 @@ def box_mask(box: tuple[float, float, float, float], height: int, width: int) ->
     mask = torch.zeros(height, width)
     mask[round(y0 * height):round(y1 * height), round(x0 * width):round(x1 * width)] = 1.0
     return mask
-
-
-def part_mask(part: PromptPart, latent_shape: tuple[int, ...]) -> torch.Tensor:
-    """1 x h x w for an image; 1 x F x h x w for a video, the box moving from `box` to `end_box`."""
-    height, width = latent_shape[-2:]
-    if len(latent_shape) == 3:
-        return box_mask(part.box, height, width)[None]
-    frames = latent_shape[1]
-    end = part.end_box or part.box
-    boxes = [tuple(a + (b - a) * f / max(frames - 1, 1) for a, b in zip(part.box, end)) for f in range(frames)]
-    return torch.stack([box_mask(box, height, width) for box in boxes])[None]  # type: ignore[arg-type]
 
 
 @dataclass
@@ -282,8 +270,10 @@ class LatentDiffusionPipeline:
             return cond.repeat(n), uncond.repeat(n), None
         text = TextCondition(both.context[2:], both.mask[2:], both.pooled[2:],
                              both.unknown_words[2:], both.truncated[2:])
-        masks = torch.stack([torch.stack([part_mask(parts[j], latent_shape) for parts in split])
+        height, width = latent_shape[-2:]
+        masks = torch.stack([torch.stack([box_mask(parts[j].box, height, width) for parts in split])
                              for j in range(len(captions))])
+        masks = masks.view(len(captions), n, *([1] * (len(latent_shape) - 2)), height, width)
         return cond.repeat(n), uncond.repeat(n), PartConditions(text.repeat(n), masks)
 
     def prompt_parts(self, prompt: str, seeds: list[int]) -> list[Sequence[PromptPart]]:
