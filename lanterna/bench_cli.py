@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import asdict
 from typing import Callable
 
 from PIL import Image
@@ -91,19 +92,22 @@ def loaded_pipeline(engine: Engine, option: str):
     return engine.pipeline
 
 
-def composition_report(engine: Engine) -> dict | None:
-    """The composition a bundled-format model sampled with (None for none, or for other models)."""
+def pipeline_of(engine: Engine):
+    """A bundled-format model's pipeline once loaded; None for other models, or before loading."""
     from lanterna.engines.shapes import ShapesEngine
 
-    c = engine.pipeline.composition if isinstance(engine, ShapesEngine) and engine.pipeline else None
-    return None if c is None or c.weight == 0 else {"weight": c.weight, "from_t": c.from_t}
+    return engine.pipeline if isinstance(engine, ShapesEngine) else None
+
+
+def composition_report(engine: Engine) -> dict | None:
+    """The composition a bundled-format model sampled with (None for none, or for other models)."""
+    c = pipeline.composition if (pipeline := pipeline_of(engine)) else None
+    return None if c is None or c.weight == 0 else asdict(c)
 
 
 def shift_of(engine: Engine) -> float | None:
     """The shift a bundled-format model sampled with (None for others, or before it loaded)."""
-    from lanterna.engines.shapes import ShapesEngine
-
-    return engine.pipeline.shift if isinstance(engine, ShapesEngine) and engine.pipeline else None
+    return pipeline.shift if (pipeline := pipeline_of(engine)) else None
 
 
 def runs_of_same_prompt(prompts: list[str], seeds: list[int]) -> list[tuple[str, list[int]]]:

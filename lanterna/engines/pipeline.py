@@ -39,6 +39,10 @@ class TextCondition:
     unknown_words: list[list[str]]
     truncated: list[bool]
 
+    def rows(self, start: int, stop: int | None = None) -> "TextCondition":
+        return TextCondition(self.context[start:stop], self.mask[start:stop], self.pooled[start:stop],
+                             self.unknown_words[start:stop], self.truncated[start:stop])
+
     def repeat(self, n: int) -> "TextCondition":
         return TextCondition(
             self.context.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0),
@@ -175,12 +179,7 @@ class LatentDiffusionPipeline:
             if active:
                 out = self.composed_output(x, t_b, cond, uncond, parts, guidance, compose)
             elif use_cfg:
-                out = self.denoiser(
-                    torch.cat([x, x]), torch.cat([t_b, t_b]),
-                    torch.cat([uncond.context, cond.context]), torch.cat([uncond.mask, cond.mask]),
-                    torch.cat([uncond.pooled, cond.pooled]),
-                ).float()
-                out_u, out_c = out.chunk(2)
+                out_u, out_c = self.outputs_under(x, t_b, [uncond, cond])
                 out = out_u + guidance * (out_c - out_u)
             else:
                 out = self.denoiser(x, t_b, cond.context, cond.mask, cond.pooled).float()
@@ -190,18 +189,21 @@ class LatentDiffusionPipeline:
 
         return denoise
 
+    def outputs_under(self, x: torch.Tensor, t_b: torch.Tensor, conditions: list[TextCondition]) -> torch.Tensor:
+        """The denoiser's output for the B latents under each B rows of the conditions, in one
+        batch: K x B x ... for K x B rows of condition."""
+        context = torch.cat([c.context for c in conditions])
+        rows = context.shape[0] // x.shape[0]
+        return self.denoiser(
+            x.repeat(rows, *([1] * (x.dim() - 1))), t_b.repeat(rows), context,
+            torch.cat([c.mask for c in conditions]), torch.cat([c.pooled for c in conditions]),
+        ).float().unflatten(0, (rows, x.shape[0]))
+
     def composed_output(self, x: torch.Tensor, t_b: torch.Tensor, cond: TextCondition,
                         uncond: TextCondition, parts: PartConditions, guidance: float,
                         compose: Composition) -> torch.Tensor:
         """Guided output plus each part's direction inside its box, in one batch of (2 + K) x B."""
-        rows = 2 + parts.masks.shape[0]
-        text = parts.text
-        out = self.denoiser(
-            x.repeat(rows, *([1] * (x.dim() - 1))), t_b.repeat(rows),
-            torch.cat([uncond.context, cond.context, text.context]),
-            torch.cat([uncond.mask, cond.mask, text.mask]),
-            torch.cat([uncond.pooled, cond.pooled, text.pooled]),
-        ).float().unflatten(0, (rows, x.shape[0]))
+        out = self.outputs_under(x, t_b, [uncond, cond, parts.text])
         out_u = out[0]
         weight = compose.weight * (t_b >= compose.from_t).to(out.dtype)
         directions = (parts.masks * (out[2:] - out_u)).sum(0)
@@ -262,14 +264,11 @@ class LatentDiffusionPipeline:
         n = len(seeds)
         split = self.prompt_parts(prompt, seeds)
         captions = [part.caption for part in split[0]] if split else []
-        both = self.encode_prompts([prompt, negative_prompt, *captions])
-        cond, uncond = (TextCondition(both.context[i:i + 1], both.mask[i:i + 1], both.pooled[i:i + 1],
-                                      both.unknown_words[i:i + 1], both.truncated[i:i + 1])
-                        for i in (0, 1))
+        encoded = self.encode_prompts([prompt, negative_prompt, *captions])
+        cond, uncond = encoded.rows(0, 1), encoded.rows(1, 2)
         if not captions:
             return cond.repeat(n), uncond.repeat(n), None
-        text = TextCondition(both.context[2:], both.mask[2:], both.pooled[2:],
-                             both.unknown_words[2:], both.truncated[2:])
+        text = encoded.rows(2)
         height, width = latent_shape[-2:]
         masks = torch.stack([torch.stack([box_mask(parts[j].box, height, width) for parts in split])
                              for j in range(len(captions))])

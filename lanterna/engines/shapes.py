@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -180,9 +181,8 @@ class ShapesEngine:
                          "frames": request.frames or self.defaults.frames if self.is_video else None,
                          "scheduler": f"lanterna.samplers.{options.sampler}"}
         if split := p.prompt_parts(request.prompt, request.seeds):
-            c = p.composition
             result.params["composition"] = {
-                "weight": c.weight, "from_t": c.from_t,
+                **asdict(p.composition),
                 "parts": [{"prompt": part.caption, "boxes": [list(parts[j].box) for parts in split]}
                           for j, part in enumerate(split[0])]}
         result.warnings = self.warnings(request.prompt)

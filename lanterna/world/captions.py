@@ -101,6 +101,15 @@ def caption_of(req: Requirements, rng: np.random.Generator | None = None) -> str
     return body
 
 
+def object_captions(req: Requirements) -> list[str]:
+    """One plain caption per object a caption asks for, each with the caption's background; none
+    for one object (or group). A relation between the objects is dropped: each caption describes
+    its object alone."""
+    if len(req.objects) < 2:
+        return []
+    return [caption_of(Requirements((obj,), None, req.background)) for obj in req.objects]
+
+
 # ---------------------------------------------------------------- caption -> spec
 
 @lru_cache(maxsize=None)
@@ -189,16 +198,6 @@ def try_parse(text: str) -> Requirements | None:
         return parse_caption(text)
     except ValueError:
         return None
-
-
-def object_captions(text: str) -> list[str]:
-    """One plain caption per object a caption names, each with the caption's background; none
-    for a caption of one object (or group) and for text outside the grammar. A relation between
-    the objects is dropped: each caption describes its object alone."""
-    req = try_parse(text)
-    if req is None or len(req.objects) < 2:
-        return []
-    return [caption_of(Requirements((obj,), None, req.background)) for obj in req.objects]
 
 
 def parse_item(words: Words) -> ObjectRequirement:

@@ -31,11 +31,10 @@ class Region:
 
 def object_regions(text: str, seed: int) -> list[Region]:
     """One region per object of a caption; none for one object or text outside the grammar."""
-    captions = object_captions(text)
+    req = try_parse(text)
+    captions = object_captions(req) if req is not None else []
     if not captions:
         return []
-    req = try_parse(text)
-    assert req is not None
     if req.relation is not None:
         r = req.relation
         sides = {r.subject: RELATION_SIDES[r.relation][0], r.reference: RELATION_SIDES[r.relation][1]}
