@@ -23,6 +23,7 @@ def weights_dir(tmp_path_factory, request):
     mp = pytest.MonkeyPatch()
     mp.setenv("LANTERNA_WEIGHTS_DIR", str(directory))
     mp.setattr(train_vae, "EVAL_IMAGES", 16)  # the held-out sets, cut to test size
+    mp.setattr(train_vae, "CEILING_PER_TASK", 2)
     mp.setattr(train_clip, "EVAL_PER_TASK", 16)
     request.addfinalizer(mp.undo)
     return directory
@@ -363,6 +364,7 @@ def test_continue_from_exported_weights(tmp_path, weights_dir):
 def test_a_decoder_only_run_keeps_the_latent_space(tmp_path, monkeypatch):
     monkeypatch.setenv("LANTERNA_WEIGHTS_DIR", str(tmp_path / "w"))
     monkeypatch.setattr(train_vae, "EVAL_IMAGES", 8)
+    monkeypatch.setattr(train_vae, "CEILING_PER_TASK", 2)
     recipe = Recipe(model="vae", size="tiny", batch=4, lr=1e-3, warmup=1, bf16=False)
     vae, run = train_vae.train(str(tmp_path / "a"), recipe, max_steps=2, max_minutes=None, eval_every=100)
     export.export_vae(vae, run, recipe, tmp_path / "w")
@@ -378,6 +380,49 @@ def test_a_decoder_only_run_keeps_the_latent_space(tmp_path, monkeypatch):
         train_vae.trained_part(Recipe(model="vae", extra={"part": "encoder"}))
     with pytest.raises(ValueError, match="--init-from"):
         train_vae.trained_part(Recipe(model="vae", extra={"part": "decoder"}))
+
+
+def test_a_wider_decoder_retrains_on_the_frozen_encoder(tmp_path, monkeypatch):
+    from lanterna.engines.shapes import load_vae
+
+    monkeypatch.setenv("LANTERNA_WEIGHTS_DIR", str(tmp_path / "w"))
+    monkeypatch.setattr(train_vae, "EVAL_IMAGES", 8)
+    monkeypatch.setattr(train_vae, "CEILING_PER_TASK", 2)
+    recipe = Recipe(model="vae", size="tiny", batch=4, lr=1e-3, warmup=1, bf16=False)
+    vae, run = train_vae.train(str(tmp_path / "a"), recipe, max_steps=2, max_minutes=None, eval_every=100)
+    export.export_vae(vae, run, recipe, tmp_path / "w")
+    net = {"decoder_channels": [16, 24, 24], "decoder_res_blocks": 2}
+    wide = Recipe(model="vae", size="tiny", batch=4, lr=1e-3, warmup=1, bf16=False,
+                  extra={"init_from": "shapes-vae", "part": "decoder", "decoder": "fresh", "net": net,
+                         "palette_weight": 1.0})
+    vae2, run2 = train_vae.train(str(tmp_path / "b"), wide, max_steps=4, max_minutes=None, eval_every=100)
+    before, after = vae.state_dict(), vae2.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert torch.equal(before["scaling_factor"], after["scaling_factor"])
+    assert sum(p.numel() for p in vae2.decoder.parameters()) > sum(p.numel() for p in vae.decoder.parameters())
+    x, _ = train_vae.data.image_batch(np.random.default_rng(0), 2)
+    losses = train_vae.decoder_loss(vae2, x, palette_weight=0.5)
+    assert float(losses["loss"]) == pytest.approx(float(losses["l1"] + losses["mse"] + 0.5 * losses["palette"]), rel=1e-5)
+    point = run2.records("eval")[-1]
+    assert 0.0 <= point["judge_round_trip"] <= 1.0 and point["step"] == 4
+    export.export_vae(vae2, run2, wide, tmp_path / "w")
+    loaded = load_vae(directory=tmp_path / "w")  # the card's config builds the wider decoder
+    assert loaded.config.decoder_channels == (16, 24, 24)
+    assert torch.allclose(train_vae.reconstruct(loaded, x), train_vae.reconstruct(vae2.eval(), x), atol=1e-6)
+    with pytest.raises(ValueError, match="decoder"):
+        train_vae.build(Recipe(model="vae", size="tiny", extra={"init_from": "shapes-vae", "decoder": "fresh"}))
+    with pytest.raises(ValueError, match="decoder"):
+        train_vae.build(Recipe(model="vae", size="tiny", extra={"decoder": "new"}))
+
+
+def test_the_palette_term_reads_what_the_oracle_snaps():
+    x, _ = train_vae.data.image_batch(np.random.default_rng(3), 4)
+    labels = train_vae.palette_labels(x)
+    assert labels.shape == (4, 64, 64) and int(labels.max()) <= 8
+    exact = torch.from_numpy(train_vae.PALETTE.astype(np.float32) / 127.5 - 1.0)[labels].permute(0, 3, 1, 2)
+    assert float(train_vae.palette_term(exact, labels)) < 1e-3  # every pixel on its palette colour
+    blurred = torch.nn.functional.avg_pool2d(exact, 5, stride=1, padding=2, count_include_pad=False)
+    assert float(train_vae.palette_term(blurred, labels)) > 10 * float(train_vae.palette_term(exact, labels))
 
 
 def test_a_fresh_optimiser_on_continued_weights_warms_up_again():

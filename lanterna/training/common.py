@@ -244,8 +244,12 @@ def load_widened(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     that gained channels): the widened model computes what the saved one did, then learns.
     """
     own = model.state_dict()
+    # Parts a run retrains from scratch (a decoder of another width) drop their saved weights.
+    fresh = getattr(model, "fresh_prefixes", ())
+    if fresh:
+        state = {k: v for k, v in state.items() if not k.startswith(fresh)}
     # Modules a net may add to saved weights keep their own start (documented where declared).
-    optional = getattr(model, "optional_prefixes", ())
+    optional = (*getattr(model, "optional_prefixes", ()), *fresh)
     state = state | {k: v for k, v in own.items() if k not in state and k.startswith(optional)}
     if set(own) != set(state):
         raise WeightsDoNotFit(f"weights do not fit the model: missing {sorted(set(own) - set(state))[:4]}, "

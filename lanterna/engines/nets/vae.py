@@ -30,9 +30,18 @@ class VAEConfig:
     res_blocks: int = 1  # per level in the encoder; the decoder has one more
     mid_attention: bool = False
     norm_groups: int = 8
+    # The decoder's own widths and depth (None: the encoder's). A decoder can be retrained wider
+    # on a frozen encoder's latents, which every denoiser trained on them then draws through.
+    decoder_channels: tuple[int, ...] | None = None
+    decoder_res_blocks: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))  # JSON gives lists
+        if self.decoder_channels is not None:
+            if len(self.decoder_channels) != len(self.channels):
+                raise ValueError(f"decoder_channels {self.decoder_channels} must have one width per level "
+                                 f"of channels {self.channels}")
+            object.__setattr__(self, "decoder_channels", tuple(self.decoder_channels))
 
     @property
     def downsample(self) -> int:
@@ -138,12 +147,13 @@ class Upsample(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
-        ch = config.channels
+        ch = config.decoder_channels or config.channels
+        res_blocks = config.res_blocks if config.decoder_res_blocks is None else config.decoder_res_blocks
         current = ch[-1]
         layers: list[nn.Module] = [nn.Conv2d(config.latent_channels, current, 3, padding=1),
                                    middle(current, config)]
         for level in reversed(range(len(ch))):
-            for _ in range(config.res_blocks + 1):
+            for _ in range(res_blocks + 1):
                 layers.append(ResBlock(current, ch[level], config.norm_groups))
                 current = ch[level]
             if level > 0:
