@@ -632,3 +632,30 @@ def test_image_weights_start_only_a_fresh_video_unet(tmp_path, components):
         recipe = Recipe(model="video", size="tiny", batch=2, extra={"frames": 4, "size": 32, **extra})
         with pytest.raises(ValueError, match=match):
             train_diffusion.train(str(tmp_path / match[:4]), recipe, max_steps=0, max_minutes=None)
+
+
+@pytest.mark.parametrize("model,extra", [("unet", {}), ("video", {"frames": 4, "size": 32, "net_kind": "video_unet"})])
+def test_a_grounded_run_reads_the_scenes_layout_and_exports_it(tmp_path, components, model, extra, monkeypatch):
+    from lanterna.world.grounding import LAYOUT_CHANNELS
+
+    seen = []
+    plain = train_diffusion.flow_loss
+    monkeypatch.setattr(train_diffusion, "flow_loss", lambda *a: seen.append(a[-1]) or plain(*a))
+    recipe = Recipe(model=model, size="tiny", batch=3, lr=1e-3, warmup=1, bf16=False, ema=0.9,
+                    extra={**extra, "net": {"layout_channels": LAYOUT_CHANNELS}, "grounding": {"unconditional": False}})
+    net, run = train_diffusion.train(str(tmp_path / model), recipe, max_steps=2, max_minutes=None, eval_every=100)
+    cells = 8 if model == "video" else 16
+    assert [tuple(m.shape) for m in seen] == [(3, LAYOUT_CHANNELS, *((4,) if model == "video" else ()), cells, cells)] * 2
+    assert any(float(m[i, 0].sum()) > 0 for m in seen for i in range(3))  # the scenes' boxes (a few dropped)
+    directory = tmp_path / "w"
+    for name in ("shapes-vae", "shapes-clip"):
+        for suffix in (".json", ".safetensors"):
+            (directory / f"{name}{suffix}").parent.mkdir(exist_ok=True)
+            (directory / f"{name}{suffix}").write_bytes((components / f"{name}{suffix}").read_bytes())
+    export.export_denoiser(net, run, recipe, directory)
+    name = "shapes-video" if model == "video" else "shapes-unet"
+    card = weights.read_card(name, directory)
+    assert card["config"]["layout_channels"] == LAYOUT_CHANNELS and card["grounding"] == {"unconditional": False}
+    engine = ShapesEngine(name, directory)
+    engine.load()
+    assert engine.pipeline.grounding.unconditional is False

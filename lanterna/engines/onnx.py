@@ -437,8 +437,10 @@ def graph_specs(engine: ShapesEngine) -> dict[str, GraphSpec]:
     frames = engine.defaults.frames if engine.is_video else None
     latent = p.latent_shape(engine.defaults.height, engine.defaults.width, frames)
     max_frames = engine.max_frames if engine.is_video else None
+    # A grounded denoiser reads its layout map as more input channels after the latent's.
+    net_input = (latent[0] + (p.grounding.channels if p.grounding else 0), *latent[1:])
     return {
-        "denoiser": denoiser_spec(p.denoiser, latent, p.max_tokens, p.clip.context_width, max_frames),
+        "denoiser": denoiser_spec(p.denoiser, net_input, p.max_tokens, p.clip.context_width, max_frames),
         "text_encoder": text_encoder_spec(p.clip, p.max_tokens),
         "vae_decoder": vae_decoder_spec(p.vae, p.latent_shape(engine.defaults.height, engine.defaults.width, None)),
     }
@@ -489,7 +491,8 @@ def onnx_pipeline(engine: ShapesEngine, providers: Sequence[str] | None = None,
         OnnxDenoiser(parts["denoiser"]), OnnxVAE(parts["vae_decoder"], torch_pipeline.vae),
         OnnxTextEncoder(parts["text_encoder"]), torch_pipeline.tokenizer,
         prediction=torch_pipeline.prediction, shift=torch_pipeline.shift, max_tokens=torch_pipeline.max_tokens,
-        composition=torch_pipeline.composition, split_prompt=torch_pipeline.split_prompt)
+        composition=torch_pipeline.composition, split_prompt=torch_pipeline.split_prompt,
+        grounding=torch_pipeline.grounding)
     return pipeline, f"onnx:{parts['denoiser'].provider}"
 
 

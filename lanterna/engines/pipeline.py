@@ -6,7 +6,8 @@ x_ve = x_t / (1 - t), sigma = t / (1 - t), under which x_ve = x0 + sigma eps.
 
 A prompt naming several objects can also be guided, while the noise is high, by each object's own
 caption within that object's box of the canvas (`Composition`), which binds each colour to its own
-shape and puts each object on its side.
+shape and puts each object on its side. A grounded denoiser (`Grounding`) reads a layout planned
+from the prompt beside the noisy latent instead.
 """
 
 from __future__ import annotations
@@ -38,16 +39,23 @@ class TextCondition:
     pooled: torch.Tensor  # B x D
     unknown_words: list[list[str]]
     truncated: list[bool]
+    # A grounded denoiser's layout map, read beside the latent: B x C x (F x) h x w.
+    layout: torch.Tensor | None = None
 
     def rows(self, start: int, stop: int | None = None) -> "TextCondition":
         return TextCondition(self.context[start:stop], self.mask[start:stop], self.pooled[start:stop],
-                             self.unknown_words[start:stop], self.truncated[start:stop])
+                             self.unknown_words[start:stop], self.truncated[start:stop],
+                             None if self.layout is None else self.layout[start:stop])
 
     def repeat(self, n: int) -> "TextCondition":
         return TextCondition(
             self.context.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0),
             self.pooled.repeat_interleave(n, 0), self.unknown_words * n, self.truncated * n,
+            None if self.layout is None else self.layout.repeat_interleave(n, 0),
         )
+
+    def with_layout(self, layout: torch.Tensor) -> "TextCondition":
+        return TextCondition(self.context, self.mask, self.pooled, self.unknown_words, self.truncated, layout)
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,23 @@ class PromptPart(Protocol):
 
 
 PromptSplitter = Callable[[str, int], Sequence[PromptPart]]  # (prompt, seed) -> one part per object
+# (prompt, seed, canvas px, latent cells, frames or None) -> C x (F x) cells x cells, None where none.
+LayoutPlanner = Callable[[str, int, int, int, "int | None"], "np.ndarray | None"]
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """A denoiser that reads a layout map beside the noisy latent (its first `channels` input
+    channels after the latent's), planned from the prompt and the seed by `plan`.
+
+    A prompt the planner has no layout for, and every edit (whose layout is the input image's),
+    gets the empty map, which the net was trained to read as "no layout". `unconditional`: the
+    guidance's unconditional pass reads the layout too, so guidance pushes toward the text alone,
+    not toward the layout as well."""
+
+    channels: int
+    plan: LayoutPlanner
+    unconditional: bool = True
 
 
 @dataclass
@@ -143,7 +168,7 @@ class LatentDiffusionPipeline:
     def __init__(self, denoiser: nn.Module, vae: AutoencoderKL, clip: ShapesCLIP,
                  tokenizer: ShapesTokenizer, prediction: str = "v", shift: float = 1.0,
                  max_tokens: int = 24, composition: Composition | None = None,
-                 split_prompt: PromptSplitter | None = None) -> None:
+                 split_prompt: PromptSplitter | None = None, grounding: Grounding | None = None) -> None:
         if prediction not in ("v", "x0"):
             raise ValueError(f"prediction: must be 'v' or 'x0', got {prediction!r}")
         self.denoiser = denoiser.eval()
@@ -156,6 +181,7 @@ class LatentDiffusionPipeline:
         # Composition needs both: the weights, and what splits a prompt into its objects.
         self.composition = composition
         self.split_prompt = split_prompt
+        self.grounding = grounding
 
     # -- text ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -182,7 +208,7 @@ class LatentDiffusionPipeline:
                 out_u, out_c = self.outputs_under(x, t_b, [uncond, cond])
                 out = out_u + guidance * (out_c - out_u)
             else:
-                out = self.denoiser(x, t_b, cond.context, cond.mask, cond.pooled).float()
+                out = self.outputs_under(x, t_b, [cond])[0]
             if self.prediction == "x0":
                 return out
             return x - t_b.view(-1, *([1] * (x.dim() - 1))) * out
@@ -194,8 +220,11 @@ class LatentDiffusionPipeline:
         batch: K x B x ... for K x B rows of condition."""
         context = torch.cat([c.context for c in conditions])
         rows = context.shape[0] // x.shape[0]
+        x_in = x.repeat(rows, *([1] * (x.dim() - 1)))
+        if conditions[0].layout is not None:
+            x_in = torch.cat([x_in, torch.cat([c.layout for c in conditions]).to(x_in)], dim=1)
         return self.denoiser(
-            x.repeat(rows, *([1] * (x.dim() - 1))), t_b.repeat(rows), context,
+            x_in, t_b.repeat(rows), context,
             torch.cat([c.mask for c in conditions]), torch.cat([c.pooled for c in conditions]),
         ).float().unflatten(0, (rows, x.shape[0]))
 
@@ -257,23 +286,46 @@ class LatentDiffusionPipeline:
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
         return noise, generators
 
-    def conditions(self, prompt: str, negative_prompt: str, seeds: list[int], latent_shape: tuple[int, ...]
-                   ) -> tuple[TextCondition, TextCondition, PartConditions | None]:
+    def conditions(self, prompt: str, negative_prompt: str, seeds: list[int], latent_shape: tuple[int, ...],
+                   planned: bool = True) -> tuple[TextCondition, TextCondition, PartConditions | None]:
         """The prompt's and the negative prompt's conditions for each image, and when composing,
-        the object captions' with each image's boxes."""
+        the object captions' with each image's boxes; a grounded net's layout maps with them
+        (planned from the prompt, or empty where `planned` is false)."""
         n = len(seeds)
         split = self.prompt_parts(prompt, seeds)
         captions = [part.caption for part in split[0]] if split else []
         encoded = self.encode_prompts([prompt, negative_prompt, *captions])
-        cond, uncond = encoded.rows(0, 1), encoded.rows(1, 2)
-        if not captions:
-            return cond.repeat(n), uncond.repeat(n), None
-        text = encoded.rows(2)
+        cond, uncond = encoded.rows(0, 1).repeat(n), encoded.rows(1, 2).repeat(n)
+        parts = None
+        if captions:
+            height, width = latent_shape[-2:]
+            masks = torch.stack([torch.stack([box_mask(parts[j].box, height, width) for parts in split])
+                                 for j in range(len(captions))])
+            masks = masks.view(len(captions), n, *([1] * (len(latent_shape) - 2)), height, width)
+            parts = PartConditions(encoded.rows(2).repeat(n), masks)
+        if self.grounding is None:
+            return cond, uncond, parts
+        layout = self.layout_maps(prompt if planned else None, seeds, latent_shape)
+        empty = torch.zeros_like(layout)
+        if parts is not None:  # part-major, as the part conditions' rows are
+            parts = PartConditions(parts.text.with_layout(layout.repeat(len(captions), *([1] * (layout.dim() - 1)))),
+                                   parts.masks)
+        return (cond.with_layout(layout), uncond.with_layout(layout if self.grounding.unconditional else empty),
+                parts)
+
+    def layout_maps(self, prompt: str | None, seeds: list[int], latent_shape: tuple[int, ...]) -> torch.Tensor:
+        """B x C x (F x) h x w: each seed's planned layout, the empty map where there is none."""
+        assert self.grounding is not None
+        channels, frames = self.grounding.channels, (latent_shape[1] if len(latent_shape) == 4 else None)
         height, width = latent_shape[-2:]
-        masks = torch.stack([torch.stack([box_mask(parts[j].box, height, width) for parts in split])
-                             for j in range(len(captions))])
-        masks = masks.view(len(captions), n, *([1] * (len(latent_shape) - 2)), height, width)
-        return cond.repeat(n), uncond.repeat(n), PartConditions(text.repeat(n), masks)
+        maps = torch.zeros(len(seeds), channels, *latent_shape[1:])
+        if prompt is None or height != width:  # the planner lays out square canvases
+            return maps
+        for i, seed in enumerate(seeds):
+            planned = self.grounding.plan(prompt, seed, height * self.vae.config.downsample, height, frames)
+            if planned is not None:
+                maps[i] = torch.from_numpy(planned)
+        return maps
 
     def prompt_parts(self, prompt: str, seeds: list[int]) -> list[Sequence[PromptPart]]:
         """Each image's parts (the same captions, boxes by seed); none without composition, or
@@ -296,7 +348,9 @@ class LatentDiffusionPipeline:
                          cancelled: CancelFlag | None = None) -> torch.Tensor:
         check_options(options)
         shape = self.latent_shape(height, width, frames)
-        cond, uncond, parts = self.conditions(prompt, negative_prompt, seeds, shape)
+        # An edit's layout is its input image's: a planned one would fight it.
+        planned = x_start is None and blend is None
+        cond, uncond, parts = self.conditions(prompt, negative_prompt, seeds, shape, planned)
         noise, generators = self.initial_noise(seeds, shape)
         denoise = self.flow_denoiser(cond, uncond, options.guidance, parts)
         if blend is not None:

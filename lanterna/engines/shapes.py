@@ -27,8 +27,9 @@ from lanterna.engines.base import (
 from lanterna.engines.nets import VIDEO_NET_KINDS, build_net
 from lanterna.engines.nets.text import ShapesCLIP, ShapesCLIPConfig, ShapesTokenizer, text_conditioner, text_context_of
 from lanterna.engines.nets.vae import AutoencoderKL, VAEConfig
-from lanterna.engines.pipeline import LatentDiffusionPipeline, SamplingOptions, composition_of
+from lanterna.engines.pipeline import Grounding, LatentDiffusionPipeline, SamplingOptions, composition_of
 from lanterna.engines.samplers import SAMPLERS
+from lanterna.world.grounding import LAYOUT_CHANNELS, planned_map
 from lanterna.world.regions import object_regions
 
 log = logging.getLogger("lanterna.engines.shapes")
@@ -55,6 +56,19 @@ def load_denoiser(name: str, directory: Path | None = None) -> torch.nn.Module:
     net = build_net(card["net"], card["config"])
     net.load_state_dict(weights.load_state(name, directory))
     return net.eval()
+
+
+def grounding_of(card: dict) -> Grounding | None:
+    """A grounded denoiser's layout input (its config's `layout_channels`), planned from the
+    caption by the Shapes World's scene sampler; the card's `grounding.unconditional` says
+    whether guidance's unconditional pass reads the layout too (default yes)."""
+    channels = card["config"].get("layout_channels", 0)
+    if not channels:
+        return None
+    if channels != LAYOUT_CHANNELS:
+        raise ValueError(f"{card.get('name')}: layout_channels {channels}, but the Shapes World's layout "
+                         f"map has {LAYOUT_CHANNELS}")
+    return Grounding(channels, planned_map, bool(card.get("grounding", {}).get("unconditional", True)))
 
 
 class ShapesEngine:
@@ -109,6 +123,7 @@ class ShapesEngine:
                 shift=self.card.get("shift", 1.0),
                 composition=composition_of(self.card),
                 split_prompt=object_regions,
+                grounding=grounding_of(self.card),
             )
             log.info("loaded %s", self.name)
 

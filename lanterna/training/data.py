@@ -6,8 +6,9 @@ import numpy as np
 import torch
 
 from lanterna.world import sampling
+from lanterna.world.grounding import LAYOUT_DROPOUT, layout_maps
 from lanterna.world.near_miss import near_miss_renders
-from lanterna.world.spec import Requirements
+from lanterna.world.spec import Requirements, Scene
 
 
 def to_pixels(images: np.ndarray) -> torch.Tensor:
@@ -30,11 +31,18 @@ def image_batch(rng: np.random.Generator, n: int,
     return pixels, captions
 
 
+def image_batch_with_scenes(rng: np.random.Generator, n: int, task_mix: dict[str, float] | None = None,
+                            ) -> tuple[torch.Tensor, list[str], list[Scene]]:
+    """`image_batch`, with the scene each image shows."""
+    images, captions, scenes = sampling.sample_batch(rng, n, task_mix)
+    return to_pixels(images), captions, scenes
+
+
 def image_batch_with_requirements(rng: np.random.Generator, n: int, task_mix: dict[str, float] | None = None,
                                   ) -> tuple[torch.Tensor, list[str], list[Requirements]]:
     """`image_batch`, with what each caption asks for."""
-    images, captions, scenes = sampling.sample_batch(rng, n, task_mix)
-    return to_pixels(images), captions, [s.requirements for s in scenes]
+    pixels, captions, scenes = image_batch_with_scenes(rng, n, task_mix)
+    return pixels, captions, [s.requirements for s in scenes]
 
 
 def near_miss_batch(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, list[str]]:
@@ -48,9 +56,23 @@ def video_batch(
     rng: np.random.Generator, n: int, frames: int, size: int
 ) -> tuple[torch.Tensor, list[str]]:
     """N x 3 x F x H x W videos in [-1, 1] with their motion captions."""
-    videos, captions, _ = sampling.sample_video_batch(rng, n, frames=frames, size=size)
+    x, captions, _ = video_batch_with_scenes(rng, n, frames, size)
+    return x, captions
+
+
+def video_batch_with_scenes(rng: np.random.Generator, n: int, frames: int, size: int
+                            ) -> tuple[torch.Tensor, list[str], list[Scene]]:
+    """`video_batch`, with the scene each video shows."""
+    videos, captions, scenes = sampling.sample_video_batch(rng, n, frames=frames, size=size)
     x = torch.from_numpy(np.ascontiguousarray(videos)).float() / 127.5 - 1.0  # N F H W 3
-    return x.permute(0, 4, 1, 2, 3), captions
+    return x.permute(0, 4, 1, 2, 3), captions, scenes
+
+
+def layout_batch(rng: np.random.Generator, scenes: list[Scene], cells: int, frames: int | None = None,
+                 dropout: float = LAYOUT_DROPOUT) -> torch.Tensor:
+    """The scenes' layout maps (N x C x (F x) cells x cells), the empty map for `dropout` of them."""
+    kept = [s if rng.random() >= dropout else None for s in scenes]
+    return torch.from_numpy(layout_maps(kept, cells, frames))
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

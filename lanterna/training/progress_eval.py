@@ -17,12 +17,18 @@ IMAGES_PER_PROMPT = 2
 VIDEO_SHEET_FRAMES = 4  # frames shown per video in the sample sheet, evenly spaced
 
 
+def run_card(recipe: Recipe, net: nn.Module) -> dict:
+    """What a model card of this run would say of the net's layout input."""
+    return {"config": {"layout_channels": getattr(net.config, "layout_channels", 0)},
+            "grounding": recipe.extra.get("grounding", {})}
+
+
 def quick_geneval(recipe: Recipe, samples_dir: Path | None = None) -> Callable[[nn.Module, int], dict]:
     """The evaluation; with `samples_dir`, every image it judged (a row per task; for videos,
     a few frames of each) goes into a sample sheet there, captions beside it."""
 
     def evaluate(net: nn.Module, step: int) -> dict:
-        from lanterna.engines.shapes import load_clip, load_vae
+        from lanterna.engines.shapes import grounding_of, load_clip, load_vae
         from lanterna.engines.nets.text import ShapesTokenizer, text_conditioner, text_context_of
         from lanterna.evaluation import geneval
 
@@ -30,7 +36,8 @@ def quick_geneval(recipe: Recipe, samples_dir: Path | None = None) -> Callable[[
         text = text_conditioner(load_clip(), text_context_of(recipe.extra))
         pipe = LatentDiffusionPipeline(net, load_vae(), text, ShapesTokenizer(),
                                        prediction=recipe.extra.get("prediction", "v"),
-                                       shift=recipe.sampling_shift)
+                                       shift=recipe.sampling_shift,
+                                       grounding=grounding_of(run_card(recipe, net)))
         options = SamplingOptions(steps=20, guidance=recipe.extra.get("guidance", 4.0),
                                   sampler="dpmpp-2m")
         size = recipe.extra.get("size", 64)

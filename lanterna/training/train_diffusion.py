@@ -121,11 +121,17 @@ def noise_per_frame(t: torch.Tensor, frames: int, shift: float, share: float) ->
     return torch.where(chosen[:, None], own, t[:, None].expand(-1, frames))
 
 
+def net_input(x_t: torch.Tensor, layout: torch.Tensor | None) -> torch.Tensor:
+    """The noisy latent, with a grounded net's layout map as more channels."""
+    return x_t if layout is None else torch.cat([x_t, layout.to(x_t)], dim=1)
+
+
 def flow_loss(net: nn.Module, z0: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
               pooled: torch.Tensor, prediction: str, shift: float = 1.0,
-              frame_difference: float = 0.0, frame_noise: float = 0.0) -> torch.Tensor:
+              frame_difference: float = 0.0, frame_noise: float = 0.0,
+              layout: torch.Tensor | None = None) -> torch.Tensor:
     n = noised(z0, prediction, shift, frame_noise)
-    output = net(n.x_t, n.t, context, mask, pooled).float()
+    output = net(net_input(n.x_t, layout), n.t, context, mask, pooled).float()
     loss = F.mse_loss(output, n.target)
     return loss if not frame_difference else loss + frame_difference * frame_difference_loss(output, n.target)
 
@@ -143,14 +149,16 @@ def frame_difference_loss(prediction: torch.Tensor, target: torch.Tensor) -> tor
 
 def flow_loss_with_binding(net: nn.Module, z0: torch.Tensor, cond: tuple[torch.Tensor, ...],
                            negatives: tuple[torch.Tensor, ...] | None, rows: list[int],
-                           prediction: str, shift: float, contrast: BindingContrast) -> tuple[torch.Tensor, dict]:
+                           prediction: str, shift: float, contrast: BindingContrast,
+                           layout: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The flow loss plus the binding term over `rows`, whose near-miss condition is `negatives`."""
     n = noised(z0, prediction, shift)
-    error = binding.per_sample_error(net(n.x_t, n.t, *cond), n.target)
+    x_in = net_input(n.x_t, layout)
+    error = binding.per_sample_error(net(x_in, n.t, *cond), n.target)
     loss = error.mean()
     if not rows:
         return loss, {"flow_loss": float(loss.detach())}
-    negative_error = binding.per_sample_error(net(n.x_t[rows], n.t[rows], *negatives), n.target[rows])
+    negative_error = binding.per_sample_error(net(x_in[rows], n.t[rows], *negatives), n.target[rows])
     term = binding.contrast_term(error[rows], negative_error, contrast.margin)
     held = float((negative_error.detach() > error[rows].detach()).float().mean())
     return loss + contrast.weight * term, {"flow_loss": float(loss.detach()), "binding_term": float(term.detach()),
@@ -232,6 +240,18 @@ def binding_contrast(recipe: Recipe) -> BindingContrast | None:
     return contrast
 
 
+def layout_channels(recipe: Recipe, net: nn.Module) -> int:
+    """The net's layout channels (`net.layout_channels`): 0, or the Shapes World map's."""
+    from lanterna.world.grounding import LAYOUT_CHANNELS
+
+    channels = getattr(net.config, "layout_channels", 0)
+    if channels not in (0, LAYOUT_CHANNELS):
+        raise RecipeError(f"net.layout_channels: 0 or {LAYOUT_CHANNELS} (the layout map's channels), got {channels}")
+    if channels and net_kind(recipe) == "video_dit":
+        raise RecipeError("net.layout_channels: the DiT, U-Net and video U-Net read a layout, not the video DiT")
+    return channels
+
+
 @torch.no_grad()
 def encode_images(vae: AutoencoderKL, pixels: torch.Tensor, latents: str = "sample") -> torch.Tensor:
     return vae.encode_latents(pixels, deterministic=latents == "mean")
@@ -269,24 +289,30 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
     difference_weight = frame_difference_weight(recipe)
     noise_share = frame_noise_share(recipe)
 
+    grounded = layout_channels(recipe, net)
+
     def step_fn(step: int) -> dict:
         if recipe.model == "video":
-            videos, captions = data.video_batch(np_rng, recipe.batch, frames, size)
+            videos, captions, scenes = data.video_batch_with_scenes(np_rng, recipe.batch, frames, size)
             z0 = encode_videos(vae, videos, latents)
         else:
-            pixels, captions, requirements = data.image_batch_with_requirements(np_rng, recipe.batch, task_mix)
+            pixels, captions, scenes = data.image_batch_with_scenes(np_rng, recipe.batch, task_mix)
             z0 = encode_images(vae, pixels, latents)
+        layout = (data.layout_batch(np_rng, scenes, z0.shape[-1], frames if recipe.model == "video" else None)
+                  if grounded else None)
         captions = drop_captions(captions, np_rng)
         cond = encode_captions(clip, tokenizer, captions)
         parts: dict = {}
         if contrast is None:
             with autocast(recipe.bf16):
-                loss = flow_loss(net, z0, *cond, prediction, shift, difference_weight, noise_share)
+                loss = flow_loss(net, z0, *cond, prediction, shift, difference_weight, noise_share, layout)
         else:
+            requirements = [s.requirements for s in scenes]
             rows, texts = binding.binding_negatives(captions, requirements, np_rng)
             negatives = encode_captions(clip, tokenizer, texts) if rows else None
             with autocast(recipe.bf16):
-                loss, parts = flow_loss_with_binding(net, z0, cond, negatives, rows, prediction, shift, contrast)
+                loss, parts = flow_loss_with_binding(net, z0, cond, negatives, rows, prediction, shift, contrast,
+                                                     layout)
         grad = optimizer_step(trainable, loss, recipe, step)
         return {"loss": float(loss.detach()), "grad_norm": grad, **parts}
 

@@ -33,6 +33,7 @@ class DiTConfig:
     context_dim: int = 128  # the text encoder's width (tokens and pooled)
     frequency_dim: int = 256
     time_scale: float = 1000.0  # t in [0, 1] is embedded as t * time_scale
+    layout_channels: int = 0  # read beside the latent, not predicted (lanterna/world/grounding.py)
 
 
 DIT_SIZES: dict[str, dict] = {
@@ -105,7 +106,8 @@ class DiT(nn.Module):
         super().__init__()
         self.config = config
         w = config.width
-        self.patch_embed = nn.Conv2d(config.in_channels, w, config.patch_size, stride=config.patch_size)
+        self.patch_embed = nn.Conv2d(config.in_channels + config.layout_channels, w, config.patch_size,
+                                     stride=config.patch_size)
         self.t_embedder = TimestepEmbedder(w, config.frequency_dim, config.time_scale)
         self.pooled_embedder = nn.Sequential(nn.Linear(config.context_dim, w), nn.SiLU(), nn.Linear(w, w))
         self.blocks = nn.ModuleList(

@@ -44,6 +44,9 @@ class UNetConfig:
     norm_groups: int = 16
     frequency_dim: int = 256
     time_scale: float = 1000.0
+    # Input channels read beside the latent and not predicted: a layout map (lanterna/world/
+    # grounding.py), concatenated to the noisy latent as an inpainting model reads its mask.
+    layout_channels: int = 0
 
     def __post_init__(self) -> None:
         # JSON turns tuples into lists; keep the config hashable and comparable.
@@ -251,7 +254,7 @@ class UNet(nn.Module):
         self.pooled_embedder = nn.Sequential(
             nn.Linear(config.context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.context_mixer = ContextMixer(config) if config.context_layers else None
-        self.conv_in = nn.Conv2d(config.in_channels, ch[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(config.in_channels + config.layout_channels, ch[0], 3, padding=1)
 
         # Encoder: every stage's output (and conv_in's, and each downsample's) is a skip.
         self.down = nn.ModuleList()
@@ -386,7 +389,7 @@ class VideoUNet(UNet):
         emb, context = self.embed(frames, frame_timesteps(t, b, f, x.device), context.repeat_interleave(f, 0),
                                   context_mask, pooled.repeat_interleave(f, 0))
         out = self.body(frames, emb, context, context_mask, f)
-        return out.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+        return out.reshape(b, f, -1, h, w).permute(0, 2, 1, 3, 4)  # c includes a layout's channels
 
 
 def frame_timesteps(t: torch.Tensor | float, batch: int, frames: int, device: torch.device) -> torch.Tensor:
