@@ -361,13 +361,19 @@ def test_continue_from_exported_weights(tmp_path, weights_dir):
     assert [line.split(" (")[0] for line in card["history"]] == ["steps 0-2", "steps 2-3", "steps 3-4"]
 
 
-def test_a_decoder_only_run_keeps_the_latent_space(tmp_path, monkeypatch):
+def exported_tiny_vae(tmp_path, monkeypatch):
+    """A tiny VAE trained 2 steps and exported to tmp_path / "w", the weights dir of the test."""
     monkeypatch.setenv("LANTERNA_WEIGHTS_DIR", str(tmp_path / "w"))
     monkeypatch.setattr(train_vae, "EVAL_IMAGES", 8)
     monkeypatch.setattr(train_vae, "CEILING_PER_TASK", 2)
     recipe = Recipe(model="vae", size="tiny", batch=4, lr=1e-3, warmup=1, bf16=False)
     vae, run = train_vae.train(str(tmp_path / "a"), recipe, max_steps=2, max_minutes=None, eval_every=100)
     export.export_vae(vae, run, recipe, tmp_path / "w")
+    return vae
+
+
+def test_a_decoder_only_run_keeps_the_latent_space(tmp_path, monkeypatch):
+    vae = exported_tiny_vae(tmp_path, monkeypatch)
     before = {k: v.clone() for k, v in vae.state_dict().items()}
     tuned = Recipe(model="vae", size="tiny", batch=4, lr=1e-2, warmup=1, bf16=False,
                    extra={"init_from": "shapes-vae", "part": "decoder"})
@@ -385,12 +391,7 @@ def test_a_decoder_only_run_keeps_the_latent_space(tmp_path, monkeypatch):
 def test_a_wider_decoder_retrains_on_the_frozen_encoder(tmp_path, monkeypatch):
     from lanterna.engines.shapes import load_vae
 
-    monkeypatch.setenv("LANTERNA_WEIGHTS_DIR", str(tmp_path / "w"))
-    monkeypatch.setattr(train_vae, "EVAL_IMAGES", 8)
-    monkeypatch.setattr(train_vae, "CEILING_PER_TASK", 2)
-    recipe = Recipe(model="vae", size="tiny", batch=4, lr=1e-3, warmup=1, bf16=False)
-    vae, run = train_vae.train(str(tmp_path / "a"), recipe, max_steps=2, max_minutes=None, eval_every=100)
-    export.export_vae(vae, run, recipe, tmp_path / "w")
+    vae = exported_tiny_vae(tmp_path, monkeypatch)
     net = {"decoder_channels": [16, 24, 24], "decoder_res_blocks": 2}
     wide = Recipe(model="vae", size="tiny", batch=4, lr=1e-3, warmup=1, bf16=False,
                   extra={"init_from": "shapes-vae", "part": "decoder", "decoder": "fresh", "net": net,
