@@ -112,6 +112,22 @@ def test_the_engine_plans_a_layout_per_seed(grounded_bundle):
     assert not np.array_equal(np.asarray(unplanned.images[0]), np.asarray(alone.images[0]))
 
 
+def test_a_result_reports_the_plan_it_was_drawn_from(grounded_bundle):
+    engine = ShapesEngine("shapes-unet", grounded_bundle)
+    result = engine.run(GenerationRequest(task="t2i", prompt="three red circles", seeds=[4, 5], steps=2))
+    plans = result.params["layout"]["planned"]
+    for seed, plan in zip([4, 5], plans):
+        scene = plan_scene("three red circles", seed)
+        assert [(o["colour"], o["shape"]) for o in plan] == [("red", "circle")] * 3
+        assert [o["box"] for o in plan] == [[b.box.x, b.box.y, b.box.size] for b in scene.objects]
+    outside = engine.run(GenerationRequest(task="t2i", prompt="a photo of a cat", seeds=[4], steps=2))
+    assert "layout" not in outside.params
+    video = ShapesEngine("shapes-video", grounded_bundle).run(
+        GenerationRequest(task="t2v", prompt="a red circle moving right", seeds=[1], steps=2))
+    (moving,) = video.params["layout"]["planned"][0]
+    assert moving["motion"] == "right" and moving["end_box"][0] > moving["box"][0]
+
+
 def test_an_edit_reads_the_empty_map(grounded_bundle):
     from PIL import Image
 

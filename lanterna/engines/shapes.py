@@ -29,7 +29,7 @@ from lanterna.engines.nets.text import ShapesCLIP, ShapesCLIPConfig, ShapesToken
 from lanterna.engines.nets.vae import AutoencoderKL, VAEConfig
 from lanterna.engines.pipeline import Grounding, LatentDiffusionPipeline, SamplingOptions, composition_of
 from lanterna.engines.samplers import SAMPLERS
-from lanterna.world.grounding import LAYOUT_CHANNELS, planned_map
+from lanterna.world.grounding import LAYOUT_CHANNELS, planned_map, planned_objects
 from lanterna.world.regions import object_regions
 
 log = logging.getLogger("lanterna.engines.shapes")
@@ -200,8 +200,19 @@ class ShapesEngine:
                 **asdict(p.composition),
                 "parts": [{"prompt": part.caption, "boxes": [list(parts[j].box) for parts in split]}
                           for j, part in enumerate(split[0])]}
+        if layout := self.planned_layout(p, request, width, height):
+            result.params["layout"] = layout
         result.warnings = self.warnings(request.prompt)
         return result
+
+    def planned_layout(self, p: LatentDiffusionPipeline, request: GenerationRequest,
+                       width: int, height: int) -> dict | None:
+        """What a grounded model was shown for each seed: the objects its plan placed (None for a
+        seed whose prompt has no plan); nothing for edits, ungrounded models or non-square sizes."""
+        if p.grounding is None or request.task not in ("t2i", "t2v") or width != height:
+            return None
+        plans = [planned_objects(request.prompt, seed, width, self.is_video) for seed in request.seeds]
+        return {"planned": plans} if any(plan is not None for plan in plans) else None
 
     def pipeline_for_backend(self, backend: str | None) -> tuple[LatentDiffusionPipeline, str]:
         """The pipeline running `backend` and the label results carry ("torch", "onnx:<provider>")."""

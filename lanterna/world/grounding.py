@@ -18,7 +18,7 @@ import numpy as np
 from lanterna.world.captions import try_parse
 from lanterna.world.layout import LayoutError, layout
 from lanterna.world.palette import COLOURS, SHAPES, Canvas
-from lanterna.world.spec import Box, Scene
+from lanterna.world.spec import Box, Scene, SceneObject
 
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 # Channels: box coverage, then the object's colour, then its shape.
@@ -82,3 +82,25 @@ def planned_map(text: str, seed: int, size: int, cells: int, frames: int | None 
         return None
     scene = plan_scene(text, seed, canvas, video=frames is not None)
     return None if scene is None else layout_map(scene, cells, frames)
+
+
+def planned_objects(text: str, seed: int, size: int, video: bool = False) -> list[dict] | None:
+    """What the plan for a caption puts where on a size x size canvas, as results report it:
+    each object's colour, shape, box [x, y, side] in pixels (and for a video its motion and last
+    box); None where the caption has no plan."""
+    try:
+        scene = plan_scene(text, seed, Canvas(size), video)
+    except ValueError:
+        return None
+    if scene is None:
+        return None
+    return [object_entry(obj, video) for obj in scene.objects]
+
+
+def object_entry(obj: SceneObject, video: bool) -> dict:
+    entry = {"colour": obj.colour, "shape": obj.shape, "box": [obj.box.x, obj.box.y, obj.box.size]}
+    if video:
+        end = obj.box_at(1.0)
+        entry |= {"motion": obj.motion, "end_box": [end.x, end.y, end.size]}
+    return entry
+
