@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Callable
 
 from PIL import Image
@@ -52,6 +52,9 @@ def add_common(q: argparse.ArgumentParser) -> None:
     q.add_argument("--composition", type=float, nargs=2, metavar=("WEIGHT", "FROM_T"),
                    help="guide each object of a several-object prompt by its own caption at flow "
                         "times >= FROM_T (default: the model card's; WEIGHT 0 turns it off)")
+    q.add_argument("--layout", choices=("planned", "empty"), default="planned",
+                   help="a grounded model's layout: planned from each prompt (as served), or the "
+                        "empty map for every prompt, as a prompt outside the caption grammar gets")
     q.add_argument("--backend", default="torch")
     q.add_argument("--config", help="model registry file (TOML)")
     q.add_argument("--threads", type=int)
@@ -78,7 +81,17 @@ def load(args: argparse.Namespace, capability: str) -> tuple[Engine, Scorer | No
         except ValueError as e:
             raise SystemExit(f"--composition: {e}") from None
         loaded_pipeline(engine, "--composition").composition = composition
+    if args.layout == "empty":
+        pipeline = loaded_pipeline(engine, "--layout")
+        if pipeline.grounding is None:
+            raise SystemExit(f"--layout: {engine.name} is not a grounded model; it reads no layout")
+        pipeline.grounding = replace(pipeline.grounding, plan=no_plan)
     return engine, registry.scorer()
+
+
+def no_plan(*_args) -> None:
+    """A layout planner with no plan for any prompt: every image gets the empty map."""
+    return None
 
 
 def loaded_pipeline(engine: Engine, option: str):
@@ -103,6 +116,14 @@ def composition_report(engine: Engine) -> dict | None:
     """The composition a bundled-format model sampled with (None for none, or for other models)."""
     c = pipeline.composition if (pipeline := pipeline_of(engine)) else None
     return None if c is None or c.weight == 0 else asdict(c)
+
+
+def layout_report(engine: Engine) -> str | None:
+    """The layout a grounded bundled-format model read ("planned" or "empty"); None for others."""
+    grounding = pipeline.grounding if (pipeline := pipeline_of(engine)) else None
+    if grounding is None:
+        return None
+    return "empty" if grounding.plan is no_plan else "planned"
 
 
 def shift_of(engine: Engine) -> float | None:
@@ -176,8 +197,8 @@ def run_bench(args: argparse.Namespace) -> int:
     report.update(model=engine.name, weights=engine.weights_hash, sampler=args.sampler or
                   engine.defaults.sampler, steps=args.steps or engine.defaults.steps,
                   guidance=engine.defaults.guidance if args.guidance is None else args.guidance,
-                  shift=shift_of(engine), composition=composition_report(engine), backend=args.backend,
-                  seconds=round(time.perf_counter() - start, 1))
+                  shift=shift_of(engine), composition=composition_report(engine), layout=layout_report(engine),
+                  backend=args.backend, seconds=round(time.perf_counter() - start, 1))
     report.update(prompts_per_task=args.prompts_per_task, images_per_prompt=args.images_per_prompt)
     if not video:
         report["best_of"] = args.best_of

@@ -81,3 +81,22 @@ def test_videoeval_json(tiny_weights, capsys):
 def test_runs_of_same_prompt_batch_consecutive_pairs():
     runs = bench_cli.runs_of_same_prompt(["a", "a", "b", "a"], [1, 2, 3, 4])
     assert runs == [("a", [1, 2]), ("b", [3]), ("a", [4])]
+
+
+def test_layout_empty_gives_a_grounded_model_the_empty_map_and_is_reported(tmp_path, monkeypatch, capsys):
+    from lanterna.world.grounding import LAYOUT_CHANNELS
+
+    directory = save_tiny_bundle(tmp_path, kinds=("unet",), layout_channels=LAYOUT_CHANNELS)
+    monkeypatch.setenv("LANTERNA_WEIGHTS_DIR", str(directory))
+    args = ["bench", "geneval", "--model", "shapes-unet", "--prompts-per-task", "1",
+            "--images-per-prompt", "1", "--steps", "1", "--tasks", "counting"]
+    assert main(args) == 0 and main(args + ["--layout", "empty"]) == 0
+    printed = [json.loads(chunk) for chunk in capsys.readouterr().out.replace("}\n{", "}\0{").split("\0")]
+    assert [p["layout"] for p in printed] == ["planned", "empty"]
+    parsed = SimpleNamespace(model="shapes-unet", threads=None, shift=None, composition=None, layout="empty")
+    engine, _ = bench_cli.load(parsed, "t2i")
+    maps = engine.pipeline.layout_maps("two red circles", [0, 1], (4, 16, 16))
+    assert maps.shape[1] == LAYOUT_CHANNELS and not maps.any()
+    monkeypatch.setenv("LANTERNA_WEIGHTS_DIR", str(save_tiny_bundle(tmp_path / "plain", kinds=("unet",))))
+    with pytest.raises(SystemExit, match="--layout: shapes-unet is not a grounded model"):
+        bench_cli.load(parsed, "t2i")
