@@ -110,6 +110,7 @@ def test_the_engine_plans_a_layout_per_seed(grounded_bundle):
     engine.pipeline.grounding = Grounding(LAYOUT_CHANNELS, lambda *a: None)  # the same net, the empty map
     unplanned = engine.run(GenerationRequest(**request, seeds=[5]))
     assert not np.array_equal(np.asarray(unplanned.images[0]), np.asarray(alone.images[0]))
+    assert "layout" in alone.params and "layout" not in unplanned.params  # no plan reported that was not read
 
 
 def test_a_result_reports_the_plan_it_was_drawn_from(grounded_bundle):

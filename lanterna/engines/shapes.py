@@ -208,8 +208,11 @@ class ShapesEngine:
     def planned_layout(self, p: LatentDiffusionPipeline, request: GenerationRequest,
                        width: int, height: int) -> dict | None:
         """What a grounded model was shown for each seed: the objects its plan placed (None for a
-        seed whose prompt has no plan); nothing for edits, ungrounded models or non-square sizes."""
+        seed whose prompt has no plan); nothing for edits, ungrounded models, non-square sizes, or
+        a pipeline whose planner is not the caption planner this report recomputes."""
         if p.grounding is None or request.task not in ("t2i", "t2v") or width != height:
+            return None
+        if p.grounding.plan is not planned_map:
             return None
         plans = [planned_objects(request.prompt, seed, width, self.is_video) for seed in request.seeds]
         return {"planned": plans} if any(plan is not None for plan in plans) else None
