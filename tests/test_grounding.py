@@ -19,7 +19,7 @@ from lanterna.world import grounding
 from lanterna.world.grounding import LAYOUT_CHANNELS, layout_map, plan_scene, planned_map
 from lanterna.world.judge import judge
 from lanterna.world.palette import Canvas
-from lanterna.world.render import render, render_video
+from lanterna.world.render import coverage, render, render_video
 from lanterna.world.spec import Box
 from tests.tiny_models import save_tiny_bundle, tiny_denoiser
 
@@ -51,6 +51,32 @@ def test_a_video_map_follows_the_motion():
     assert all(b > a for a, b in zip(centres, centres[1:]))
     assert planned_map("a red circle moving right", 5, 64, 16) is None  # motions are not drawn in an image
     assert planned_map("a red circle", 5, 64, 16, frames=8) is None  # nor a still caption as a video
+
+
+@pytest.mark.parametrize("shape", ["square", "circle", "triangle", "cross"])
+def test_a_silhouette_map_covers_what_the_renderer_paints(shape):
+    box = Box(6, 2, 13)
+    cover = grounding.silhouette_coverage(shape, box, 64, 16)
+    assert cover.sum() == pytest.approx(coverage(shape, 13, True).sum() / 16, rel=1e-5)
+    assert (cover <= grounding.box_coverage(box, 64, 16) + 1e-6).all()  # never outside the box
+    if shape == "square":
+        assert np.allclose(cover, grounding.box_coverage(box, 64, 16))
+    else:
+        assert cover.sum() < grounding.box_coverage(box, 64, 16).sum() - 1
+
+
+def test_silhouettes_tell_apart_what_boxes_do_not():
+    def maps(text: str, kind: str) -> np.ndarray:
+        return grounding.CaptionPlanner(kind)(text, 4, 64, 16)[0]
+
+    assert np.allclose(maps("a large red circle", "boxes"), maps("a large red square", "boxes"))
+    assert not np.allclose(maps("a large red circle", "silhouettes"), maps("a large red square", "silhouettes"))
+    video = grounding.CaptionPlanner("silhouettes")("a red circle moving right", 5, 64, 16, frames=8)
+    assert video.shape == (LAYOUT_CHANNELS, 8, 16, 16)
+    with pytest.raises(ValueError, match="map kind"):
+        grounding.CaptionPlanner("outlines")
+    with pytest.raises(ValueError, match="whole cells"):
+        grounding.silhouette_coverage("circle", Box(0, 0, 8), 64, 10)
 
 
 @pytest.mark.parametrize("task", ["single_object", "two_objects", "counting", "position", "color_attr", "novel"])
@@ -155,6 +181,10 @@ def test_the_card_says_whether_the_unconditional_pass_reads_the_layout(grounded_
     card = weights.read_card("shapes-unet", grounded_bundle)
     assert grounding_of(card).unconditional is True
     assert grounding_of({**card, "grounding": {"unconditional": False}}).unconditional is False
+    assert grounding_of(card).plan == grounding.CaptionPlanner("boxes")  # cards before map kinds
+    assert grounding_of({**card, "grounding": {"map": "silhouettes"}}).plan == grounding.CaptionPlanner("silhouettes")
+    with pytest.raises(ValueError, match="map kind"):
+        grounding_of({**card, "grounding": {"map": "outlines"}})
     assert grounding_of({**card, "config": {**card["config"], "layout_channels": 0}}) is None
     with pytest.raises(ValueError, match="layout_channels"):
         grounding_of({**card, "config": {**card["config"], "layout_channels": 3}})
@@ -166,6 +196,18 @@ def test_layout_batches_drop_the_map_for_a_share_of_scenes():
     empty = int((maps.flatten(1).abs().sum(1) == 0).sum())
     assert maps.shape == (64, LAYOUT_CHANNELS, 16, 16) and 16 <= empty <= 48
     assert not (data.layout_batch(np.random.default_rng(1), scenes, 16, dropout=0.0).flatten(1).sum(1) == 0).any()
+
+
+def test_a_recipe_names_the_map_kind_it_trains_on():
+    assert train_diffusion.layout_map_kind(Recipe(model="unet", size="tiny")) == "boxes"
+    recipe = Recipe(model="video", size="tiny", extra={"grounding": {"map": "silhouettes"}})
+    assert train_diffusion.layout_map_kind(recipe) == "silhouettes"
+    with pytest.raises(RecipeError, match="grounding.map"):
+        train_diffusion.layout_map_kind(Recipe(model="unet", size="tiny", extra={"grounding": {"map": "x"}}))
+    _, _, scenes = data.image_batch_with_scenes(np.random.default_rng(0), 16)
+    boxes = data.layout_batch(np.random.default_rng(1), scenes, 16, dropout=0.0)
+    silhouettes = data.layout_batch(np.random.default_rng(1), scenes, 16, dropout=0.0, kind="silhouettes")
+    assert (silhouettes <= boxes + 1e-6).all() and silhouettes.sum() < boxes.sum()
 
 
 def test_a_recipe_with_a_layout_of_the_wrong_width_is_refused():

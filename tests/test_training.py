@@ -656,7 +656,7 @@ def test_a_grounded_run_reads_the_scenes_layout_and_exports_it(tmp_path, compone
     export.export_denoiser(net, run, recipe, directory)
     name = "shapes-video" if model == "video" else "shapes-unet"
     card = weights.read_card(name, directory)
-    assert card["config"]["layout_channels"] == LAYOUT_CHANNELS and card["grounding"] == {"unconditional": False}
+    assert card["config"]["layout_channels"] == LAYOUT_CHANNELS and card["grounding"] == {"unconditional": False, "map": "boxes"}
     engine = ShapesEngine(name, directory)
     engine.load()
     assert engine.pipeline.grounding.unconditional is False

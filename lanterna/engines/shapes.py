@@ -29,7 +29,7 @@ from lanterna.engines.nets.text import ShapesCLIP, ShapesCLIPConfig, ShapesToken
 from lanterna.engines.nets.vae import AutoencoderKL, VAEConfig
 from lanterna.engines.pipeline import Grounding, LatentDiffusionPipeline, SamplingOptions, composition_of
 from lanterna.engines.samplers import SAMPLERS
-from lanterna.world.grounding import LAYOUT_CHANNELS, planned_map, planned_objects
+from lanterna.world.grounding import LAYOUT_CHANNELS, CaptionPlanner, planned_objects
 from lanterna.world.regions import object_regions
 
 log = logging.getLogger("lanterna.engines.shapes")
@@ -60,15 +60,18 @@ def load_denoiser(name: str, directory: Path | None = None) -> torch.nn.Module:
 
 def grounding_of(card: dict) -> Grounding | None:
     """A grounded denoiser's layout input (its config's `layout_channels`), planned from the
-    caption by the Shapes World's scene sampler; the card's `grounding.unconditional` says
-    whether guidance's unconditional pass reads the layout too (default yes)."""
+    caption by the Shapes World's scene sampler; the card's `grounding.map` names the map kind the
+    net trained on (default "boxes") and `grounding.unconditional` says whether guidance's
+    unconditional pass reads the layout too (default yes)."""
     channels = card["config"].get("layout_channels", 0)
     if not channels:
         return None
     if channels != LAYOUT_CHANNELS:
         raise ValueError(f"{card.get('name')}: layout_channels {channels}, but the Shapes World's layout "
                          f"map has {LAYOUT_CHANNELS}")
-    return Grounding(channels, planned_map, bool(card.get("grounding", {}).get("unconditional", True)))
+    grounding = card.get("grounding", {})
+    return Grounding(channels, CaptionPlanner(grounding.get("map", "boxes")),
+                     bool(grounding.get("unconditional", True)))
 
 
 class ShapesEngine:
@@ -212,7 +215,7 @@ class ShapesEngine:
         a pipeline whose planner is not the caption planner this report recomputes."""
         if p.grounding is None or request.task not in ("t2i", "t2v") or width != height:
             return None
-        if p.grounding.plan is not planned_map:
+        if not isinstance(p.grounding.plan, CaptionPlanner):
             return None
         plans = [planned_objects(request.prompt, seed, width, self.is_video) for seed in request.seeds]
         return {"planned": plans} if any(plan is not None for plan in plans) else None

@@ -69,10 +69,10 @@ def video_batch_with_scenes(rng: np.random.Generator, n: int, frames: int, size:
 
 
 def layout_batch(rng: np.random.Generator, scenes: list[Scene], cells: int, frames: int | None = None,
-                 dropout: float = LAYOUT_DROPOUT) -> torch.Tensor:
+                 dropout: float = LAYOUT_DROPOUT, kind: str = "boxes") -> torch.Tensor:
     """The scenes' layout maps (N x C x (F x) cells x cells), the empty map for `dropout` of them."""
     kept = [s if rng.random() >= dropout else None for s in scenes]
-    return torch.from_numpy(layout_maps(kept, cells, frames))
+    return torch.from_numpy(layout_maps(kept, cells, frames, kind))
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -123,7 +123,9 @@ def export_denoiser(net: nn.Module, run: Run, recipe: Recipe, directory: Path | 
                      **({"frames": recipe.extra.get("frames", 16), "fps": 8} if video else {})},
     })
     if getattr(net.config, "layout_channels", 0):
-        card["grounding"] = {"unconditional": bool(recipe.extra.get("grounding", {}).get("unconditional", True))}
+        grounding = recipe.extra.get("grounding", {})
+        card["grounding"] = {"unconditional": bool(grounding.get("unconditional", True)),
+                             "map": grounding.get("map", "boxes")}
     if video:
         card["max_frames"] = recipe.extra.get("frames", 16)
         card["data"] = VIDEO_DATA_NOTE.format(frames=card["max_frames"], size=size)

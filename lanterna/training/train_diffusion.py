@@ -240,6 +240,17 @@ def binding_contrast(recipe: Recipe) -> BindingContrast | None:
     return contrast
 
 
+def layout_map_kind(recipe: Recipe) -> str:
+    """`extra.grounding.map`: the layout map kind a grounded net trains on ("boxes" by default)."""
+    from lanterna.world.grounding import check_map_kind
+
+    kind = recipe.extra.get("grounding", {}).get("map", "boxes")
+    try:
+        return check_map_kind(kind)
+    except ValueError as e:
+        raise RecipeError(f"grounding.map: {e}") from None
+
+
 def layout_channels(recipe: Recipe, net: nn.Module) -> int:
     """The net's layout channels (`net.layout_channels`): 0, or the Shapes World map's."""
     from lanterna.world.grounding import LAYOUT_CHANNELS
@@ -290,6 +301,7 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
     noise_share = frame_noise_share(recipe)
 
     grounded = layout_channels(recipe, net)
+    map_kind = layout_map_kind(recipe)
 
     def step_fn(step: int) -> dict:
         if recipe.model == "video":
@@ -298,8 +310,8 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
         else:
             pixels, captions, scenes = data.image_batch_with_scenes(np_rng, recipe.batch, task_mix)
             z0 = encode_images(vae, pixels, latents)
-        layout = (data.layout_batch(np_rng, scenes, z0.shape[-1], frames if recipe.model == "video" else None)
-                  if grounded else None)
+        layout = (data.layout_batch(np_rng, scenes, z0.shape[-1], frames if recipe.model == "video" else None,
+                                    kind=map_kind) if grounded else None)
         captions = drop_captions(captions, np_rng)
         cond = encode_captions(clip, tokenizer, captions)
         parts: dict = {}

@@ -1,7 +1,9 @@
 """Layout grounding: a scene planned from a caption, drawn as a map the denoiser reads beside the noise.
 
 A grounded denoiser takes, next to each latent cell, what object the plan puts there: the share of
-the cell inside an object's bounding box, and that object's colour and shape (one-hot). In
+the cell inside an object's bounding box (map kind "boxes"), or inside the object's own silhouette
+as the renderer draws it ("silhouettes", a segmentation-style layout whose outline already tells a
+square from a disc), and that object's colour and shape (one-hot). In
 training the map comes from the rendered scene itself; at sampling time `plan_scene` parses the
 caption and lays it out with the world's own scene sampler (seeded), so counts, sides, places,
 sizes and motions are settled by the plan and the denoiser draws each object in its box. This is
@@ -13,17 +15,27 @@ gets the empty map, which the denoiser also learns (`LAYOUT_DROPOUT` of its trai
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from lanterna.world.captions import try_parse
 from lanterna.world.layout import LayoutError, layout
 from lanterna.world.palette import COLOURS, SHAPES, Canvas
+from lanterna.world.render import coverage
 from lanterna.world.spec import Box, Scene, SceneObject
 
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 # Channels: box coverage, then the object's colour, then its shape.
 LAYOUT_CHANNELS = 1 + len(COLOURS) + len(SHAPES)
 LAYOUT_DROPOUT = 0.2  # share of training scenes shown with the empty map
+MAP_KINDS: tuple[str, ...] = ("boxes", "silhouettes")
+
+
+def check_map_kind(kind: str) -> str:
+    if kind not in MAP_KINDS:
+        raise ValueError(f"layout map kind: one of {', '.join(MAP_KINDS)}, got {kind!r}")
+    return kind
 
 
 def plan_scene(text: str, seed: int, canvas: Canvas | None = None, video: bool = False) -> Scene | None:
@@ -46,42 +58,69 @@ def box_coverage(box: Box, canvas_size: int, cells: int) -> np.ndarray:
     return np.outer(along_y, along_x) / (canvas_size / cells) ** 2
 
 
-def frame_map(scene: Scene, t: float, cells: int) -> np.ndarray:
+def silhouette_coverage(shape: str, box: Box, canvas_size: int, cells: int) -> np.ndarray:
+    """cells x cells: the share of each latent cell inside the shape drawn in the box (anti-aliased)."""
+    if canvas_size % cells:
+        raise ValueError(f"a {canvas_size} px canvas does not split into {cells} whole cells")
+    canvas = np.zeros((canvas_size, canvas_size), np.float32)
+    canvas[box.y:box.y1, box.x:box.x1] = coverage(shape, box.size, True)
+    k = canvas_size // cells
+    return canvas.reshape(cells, k, cells, k).mean(axis=(1, 3))
+
+
+def frame_map(scene: Scene, t: float, cells: int, kind: str = "boxes") -> np.ndarray:
     """LAYOUT_CHANNELS x cells x cells for the scene at time t."""
     out = np.zeros((LAYOUT_CHANNELS, cells, cells), np.float32)
     for obj in scene.objects:
-        cover = box_coverage(obj.box_at(t), scene.canvas.size, cells)
+        box = obj.box_at(t)
+        cover = (box_coverage(box, scene.canvas.size, cells) if check_map_kind(kind) == "boxes"
+                 else silhouette_coverage(obj.shape, box, scene.canvas.size, cells))
         out[0] += cover
         out[1 + COLOUR_NAMES.index(obj.colour)] += cover
         out[1 + len(COLOUR_NAMES) + SHAPES.index(obj.shape)] += cover
     return np.minimum(out, 1.0)
 
 
-def layout_map(scene: Scene | None, cells: int, frames: int | None = None) -> np.ndarray:
+def layout_map(scene: Scene | None, cells: int, frames: int | None = None, kind: str = "boxes") -> np.ndarray:
     """C x cells x cells (an image), or C x F x cells x cells with frame f at time f / (F - 1),
     as the renderer draws a video; zeros for no scene."""
     if frames is None:
-        return frame_map(scene, 0.0, cells) if scene else np.zeros((LAYOUT_CHANNELS, cells, cells), np.float32)
+        return frame_map(scene, 0.0, cells, kind) if scene else np.zeros((LAYOUT_CHANNELS, cells, cells), np.float32)
     if scene is None:
         return np.zeros((LAYOUT_CHANNELS, frames, cells, cells), np.float32)
     times = [f / max(1, frames - 1) for f in range(frames)]
-    return np.stack([frame_map(scene, t, cells) for t in times], axis=1)
+    return np.stack([frame_map(scene, t, cells, kind) for t in times], axis=1)
 
 
-def layout_maps(scenes: list[Scene | None], cells: int, frames: int | None = None) -> np.ndarray:
+def layout_maps(scenes: list[Scene | None], cells: int, frames: int | None = None,
+                kind: str = "boxes") -> np.ndarray:
     """A batch of maps: N x C x (F x) cells x cells."""
-    return np.stack([layout_map(s, cells, frames) for s in scenes])
+    return np.stack([layout_map(s, cells, frames, kind) for s in scenes])
 
 
-def planned_map(text: str, seed: int, size: int, cells: int, frames: int | None = None) -> np.ndarray | None:
-    """The layout map of the caption's plan on a size x size canvas (a `LayoutPlanner`); None
-    where the caption has no plan."""
+@dataclass(frozen=True)
+class CaptionPlanner:
+    """The `LayoutPlanner` of the bundled models: `planned_map` with the map kind they trained on."""
+
+    kind: str = "boxes"
+
+    def __post_init__(self) -> None:
+        check_map_kind(self.kind)
+
+    def __call__(self, text: str, seed: int, size: int, cells: int, frames: int | None = None) -> np.ndarray | None:
+        return planned_map(text, seed, size, cells, frames, self.kind)
+
+
+def planned_map(text: str, seed: int, size: int, cells: int, frames: int | None = None,
+                kind: str = "boxes") -> np.ndarray | None:
+    """The layout map of the caption's plan on a size x size canvas; None where the caption has
+    no plan."""
     try:
         canvas = Canvas(size)
     except ValueError:
         return None
     scene = plan_scene(text, seed, canvas, video=frames is not None)
-    return None if scene is None else layout_map(scene, cells, frames)
+    return None if scene is None else layout_map(scene, cells, frames, kind)
 
 
 def planned_objects(text: str, seed: int, size: int, video: bool = False) -> list[dict] | None:
