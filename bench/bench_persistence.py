@@ -1,7 +1,8 @@
 """Why do a video model's videos fail object persistence? Each failing frame, classified.
 
 For ShapesGenEval's video prompts (its seeds; the card's sampler, steps and guidance unless
-given), every asked object whose count check fails in some frame is looked up in that frame:
+given), every asked object whose count check (the judge's) fails in some frame is looked up in
+that frame:
 - wrong shape: an object of the asked colour where the asked one should be, but of another shape;
 - wrong colour: an object of the asked shape, but of another colour;
 - missing: neither;
@@ -29,17 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lanterna.engines.base import GenerationRequest  # noqa: E402
 from lanterna.engines.shapes import ShapesEngine  # noqa: E402
 from lanterna.evaluation import geneval  # noqa: E402
-from lanterna.world.judge import judge_video_detections  # noqa: E402
+from lanterna.world.judge import count_checks, judge_video_detections  # noqa: E402
 from lanterna.world.oracle import Detection, as_array_batch, detect_batch  # noqa: E402
 from lanterna.world.spec import ObjectRequirement, Requirements  # noqa: E402
 
 
-def frame_reason(det: Detection, obj: ObjectRequirement) -> str | None:
-    """Why the asked object's count fails in one frame; None when it holds."""
-    same = [o for o in det.objects if o.colour == obj.colour and o.shape == obj.shape]
-    if len(same) == obj.count:
-        return None
-    if len(same) > obj.count:
+def frame_reason(det: Detection, obj: ObjectRequirement) -> str:
+    """Why the asked object's count failed in one frame."""
+    if sum((o.colour, o.shape) == obj.kind for o in det.objects) > obj.count:
         return "doubled"
     if any(o.colour == obj.colour for o in det.objects if o.shape != obj.shape):
         return "wrong shape"
@@ -51,7 +49,9 @@ def frame_reason(det: Detection, obj: ObjectRequirement) -> str | None:
 def failing_frames(dets: list[Detection], req: Requirements) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     for f, det in enumerate(dets):
-        reasons = [r for obj in req.objects if (r := frame_reason(det, obj))]
+        # count_checks gives one check per asked object, in order, then the extras check
+        checks = count_checks(det, req)[:len(req.objects)]
+        reasons = [frame_reason(det, obj) for obj, c in zip(req.objects, checks) if not c.passed]
         if reasons:
             out[f] = reasons
     return out

@@ -29,7 +29,7 @@ from lanterna.engines.nets.text import ShapesCLIP, ShapesCLIPConfig, ShapesToken
 from lanterna.engines.nets.vae import AutoencoderKL, VAEConfig
 from lanterna.engines.pipeline import Grounding, LatentDiffusionPipeline, SamplingOptions, composition_of
 from lanterna.engines.samplers import SAMPLERS
-from lanterna.world.grounding import LAYOUT_CHANNELS, CaptionPlanner, planned_objects
+from lanterna.world.grounding import DEFAULT_MAP_KIND, LAYOUT_CHANNELS, CaptionPlanner, planned_objects
 from lanterna.world.regions import object_regions
 
 log = logging.getLogger("lanterna.engines.shapes")
@@ -61,7 +61,7 @@ def load_denoiser(name: str, directory: Path | None = None) -> torch.nn.Module:
 def grounding_of(card: dict) -> Grounding | None:
     """A grounded denoiser's layout input (its config's `layout_channels`), planned from the
     caption by the Shapes World's scene sampler; the card's `grounding.map` names the map kind the
-    net trained on (default "boxes") and `grounding.unconditional` says whether guidance's
+    net trained on (default: grounding.DEFAULT_MAP_KIND) and `grounding.unconditional` says whether guidance's
     unconditional pass reads the layout too (default yes)."""
     channels = card["config"].get("layout_channels", 0)
     if not channels:
@@ -70,7 +70,7 @@ def grounding_of(card: dict) -> Grounding | None:
         raise ValueError(f"{card.get('name')}: layout_channels {channels}, but the Shapes World's layout "
                          f"map has {LAYOUT_CHANNELS}")
     grounding = card.get("grounding", {})
-    return Grounding(channels, CaptionPlanner(grounding.get("map", "boxes")),
+    return Grounding(channels, CaptionPlanner(grounding.get("map", DEFAULT_MAP_KIND)),
                      bool(grounding.get("unconditional", True)))
 
 

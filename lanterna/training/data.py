@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from lanterna.world import sampling
-from lanterna.world.grounding import LAYOUT_DROPOUT, layout_maps
+from lanterna.world.grounding import DEFAULT_MAP_KIND, LAYOUT_DROPOUT, layout_maps
 from lanterna.world.near_miss import near_miss_renders
 from lanterna.world.spec import Requirements, Scene
 
@@ -69,7 +69,7 @@ def video_batch_with_scenes(rng: np.random.Generator, n: int, frames: int, size:
 
 
 def layout_batch(rng: np.random.Generator, scenes: list[Scene], cells: int, frames: int | None = None,
-                 dropout: float = LAYOUT_DROPOUT, kind: str = "boxes") -> torch.Tensor:
+                 dropout: float = LAYOUT_DROPOUT, kind: str = DEFAULT_MAP_KIND) -> torch.Tensor:
     """The scenes' layout maps (N x C x (F x) cells x cells), the empty map for `dropout` of them."""
     kept = [s if rng.random() >= dropout else None for s in scenes]
     return torch.from_numpy(layout_maps(kept, cells, frames, kind))

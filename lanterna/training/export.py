@@ -14,7 +14,7 @@ from torch import nn
 from lanterna.engines import weights
 from lanterna.engines.nets.text import text_context_of
 from lanterna.training.common import Recipe, Run
-from lanterna.training.train_diffusion import net_kind
+from lanterna.training.train_diffusion import layout_map_kind, net_kind
 
 log = logging.getLogger("lanterna.training.export")
 
@@ -123,9 +123,8 @@ def export_denoiser(net: nn.Module, run: Run, recipe: Recipe, directory: Path | 
                      **({"frames": recipe.extra.get("frames", 16), "fps": 8} if video else {})},
     })
     if getattr(net.config, "layout_channels", 0):
-        grounding = recipe.extra.get("grounding", {})
-        card["grounding"] = {"unconditional": bool(grounding.get("unconditional", True)),
-                             "map": grounding.get("map", "boxes")}
+        card["grounding"] = {"unconditional": bool(recipe.extra.get("grounding", {}).get("unconditional", True)),
+                             "map": layout_map_kind(recipe)}
     if video:
         card["max_frames"] = recipe.extra.get("frames", 16)
         card["data"] = VIDEO_DATA_NOTE.format(frames=card["max_frames"], size=size)

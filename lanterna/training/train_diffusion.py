@@ -241,10 +241,10 @@ def binding_contrast(recipe: Recipe) -> BindingContrast | None:
 
 
 def layout_map_kind(recipe: Recipe) -> str:
-    """`extra.grounding.map`: the layout map kind a grounded net trains on ("boxes" by default)."""
-    from lanterna.world.grounding import check_map_kind
+    """`extra.grounding.map`: the layout map kind a grounded net trains on (grounding.DEFAULT_MAP_KIND by default)."""
+    from lanterna.world.grounding import DEFAULT_MAP_KIND, check_map_kind
 
-    kind = recipe.extra.get("grounding", {}).get("map", "boxes")
+    kind = recipe.extra.get("grounding", {}).get("map", DEFAULT_MAP_KIND)
     try:
         return check_map_kind(kind)
     except ValueError as e:

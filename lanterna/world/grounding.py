@@ -15,6 +15,7 @@ gets the empty map, which the denoiser also learns (`LAYOUT_DROPOUT` of its trai
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,13 +30,7 @@ COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 # Channels: box coverage, then the object's colour, then its shape.
 LAYOUT_CHANNELS = 1 + len(COLOURS) + len(SHAPES)
 LAYOUT_DROPOUT = 0.2  # share of training scenes shown with the empty map
-MAP_KINDS: tuple[str, ...] = ("boxes", "silhouettes")
-
-
-def check_map_kind(kind: str) -> str:
-    if kind not in MAP_KINDS:
-        raise ValueError(f"layout map kind: one of {', '.join(MAP_KINDS)}, got {kind!r}")
-    return kind
+DEFAULT_MAP_KIND = "boxes"  # what cards and recipes from before map kinds trained on
 
 
 def plan_scene(text: str, seed: int, canvas: Canvas | None = None, video: bool = False) -> Scene | None:
@@ -68,20 +63,33 @@ def silhouette_coverage(shape: str, box: Box, canvas_size: int, cells: int) -> n
     return canvas.reshape(cells, k, cells, k).mean(axis=(1, 3))
 
 
-def frame_map(scene: Scene, t: float, cells: int, kind: str = "boxes") -> np.ndarray:
+Coverage = Callable[[str, Box, int, int], np.ndarray]  # (shape, box, canvas size, cells) -> cells x cells
+COVERAGES: dict[str, Coverage] = {
+    "boxes": lambda shape, box, canvas_size, cells: box_coverage(box, canvas_size, cells),
+    "silhouettes": silhouette_coverage,
+}
+MAP_KINDS: tuple[str, ...] = tuple(COVERAGES)
+
+
+def check_map_kind(kind: str) -> str:
+    if kind not in COVERAGES:
+        raise ValueError(f"layout map kind: one of {', '.join(MAP_KINDS)}, got {kind!r}")
+    return kind
+
+
+def frame_map(scene: Scene, t: float, cells: int, kind: str = DEFAULT_MAP_KIND) -> np.ndarray:
     """LAYOUT_CHANNELS x cells x cells for the scene at time t."""
+    cover_of = COVERAGES[check_map_kind(kind)]
     out = np.zeros((LAYOUT_CHANNELS, cells, cells), np.float32)
     for obj in scene.objects:
-        box = obj.box_at(t)
-        cover = (box_coverage(box, scene.canvas.size, cells) if check_map_kind(kind) == "boxes"
-                 else silhouette_coverage(obj.shape, box, scene.canvas.size, cells))
+        cover = cover_of(obj.shape, obj.box_at(t), scene.canvas.size, cells)
         out[0] += cover
         out[1 + COLOUR_NAMES.index(obj.colour)] += cover
         out[1 + len(COLOUR_NAMES) + SHAPES.index(obj.shape)] += cover
     return np.minimum(out, 1.0)
 
 
-def layout_map(scene: Scene | None, cells: int, frames: int | None = None, kind: str = "boxes") -> np.ndarray:
+def layout_map(scene: Scene | None, cells: int, frames: int | None = None, kind: str = DEFAULT_MAP_KIND) -> np.ndarray:
     """C x cells x cells (an image), or C x F x cells x cells with frame f at time f / (F - 1),
     as the renderer draws a video; zeros for no scene."""
     if frames is None:
@@ -93,7 +101,7 @@ def layout_map(scene: Scene | None, cells: int, frames: int | None = None, kind:
 
 
 def layout_maps(scenes: list[Scene | None], cells: int, frames: int | None = None,
-                kind: str = "boxes") -> np.ndarray:
+                kind: str = DEFAULT_MAP_KIND) -> np.ndarray:
     """A batch of maps: N x C x (F x) cells x cells."""
     return np.stack([layout_map(s, cells, frames, kind) for s in scenes])
 
@@ -102,7 +110,7 @@ def layout_maps(scenes: list[Scene | None], cells: int, frames: int | None = Non
 class CaptionPlanner:
     """The `LayoutPlanner` of the bundled models: `planned_map` with the map kind they trained on."""
 
-    kind: str = "boxes"
+    kind: str = DEFAULT_MAP_KIND
 
     def __post_init__(self) -> None:
         check_map_kind(self.kind)
@@ -112,7 +120,7 @@ class CaptionPlanner:
 
 
 def planned_map(text: str, seed: int, size: int, cells: int, frames: int | None = None,
-                kind: str = "boxes") -> np.ndarray | None:
+                kind: str = DEFAULT_MAP_KIND) -> np.ndarray | None:
     """The layout map of the caption's plan on a size x size canvas; None where the caption has
     no plan."""
     try:
