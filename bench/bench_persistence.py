@@ -8,7 +8,9 @@ that frame:
 - missing: neither;
 - doubled: more of the asked object than asked.
 Printed as JSON: persistence (as videoeval counts it), the failing frames per video, the tally
-of the reasons, and for each failing video its prompt and the reasons by frame.
+of the reasons, the oracle's measures of each wrong-shape object (asked shape, found shape, fill,
+solidity, box: how near its class's threshold it fell), and for each failing video its prompt and
+the reasons by frame.
 
     python bench/bench_persistence.py --model shapes-video [--weights-dir DIR] [--prompts 25]
         [--videos 2] [--guidance G] [--steps N] [--threads 1]
@@ -46,6 +48,12 @@ def frame_reason(det: Detection, obj: ObjectRequirement) -> str:
     return "missing"
 
 
+def wrong_shapes(det: Detection, obj: ObjectRequirement) -> list[dict]:
+    """The objects of the asked colour but another shape in a frame, as the oracle measured them."""
+    return [{"asked": obj.shape, "found": o.shape, "fill": o.fill, "solidity": o.solidity, "box": o.bbox}
+            for o in det.objects if o.colour == obj.colour and o.shape != obj.shape]
+
+
 def failing_frames(dets: list[Detection], req: Requirements) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     for f, det in enumerate(dets):
@@ -69,7 +77,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     engine = ShapesEngine(args.model, args.weights_dir)
-    rows, reasons = [], Counter()
+    rows, reasons, measured = [], Counter(), []
     for prompt, seed in geneval.jobs(["motion"], args.prompts, args.videos):
         result = engine.run(GenerationRequest(task="t2v", prompt=prompt.text, seeds=[seed],
                                               guidance=args.guidance, steps=args.steps))
@@ -78,6 +86,8 @@ def main() -> int:
         frames = failing_frames(dets, prompt.requirements)
         if not persisted:
             reasons.update(r for rs in frames.values() for r in set(rs))
+            measured += [m for f in frames for obj in prompt.requirements.objects
+                         for m in wrong_shapes(dets[f], obj)]
         rows.append({"prompt": prompt.text, "seed": seed, "persisted": persisted,
                      "failing_frames": {str(f): rs for f, rs in frames.items()}})
     failed = [r for r in rows if not r["persisted"]]
@@ -85,7 +95,10 @@ def main() -> int:
               "persistence": 1 - len(failed) / len(rows),
               "failing_frames_per_failed_video": float(np.mean([len(r["failing_frames"]) for r in failed]))
               if failed else 0.0,
-              "reasons (frames of failed videos)": dict(reasons), "failed": failed}
+              "reasons (frames of failed videos)": dict(reasons),
+              "wrong shapes": {"asked -> found": dict(Counter(f"{m['asked']} -> {m['found']}" for m in measured)),
+                               "fill": sorted(m["fill"] for m in measured), "objects": measured},
+              "failed": failed}
     print(json.dumps(report, indent=1))
     return 0
 
