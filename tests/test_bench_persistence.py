@@ -36,7 +36,17 @@ def test_a_wrong_shape_is_reported_with_the_oracles_measures():
     script = load_bench_script("bench_persistence")
     det = frame([("blue", "circle", 6, 24, 14), ("red", "cross", 40, 24, 14)])[0]
     square = parse_caption(CAPTION).objects[0]
-    (found,) = script.wrong_shapes(det, square)
+    (found,) = script.wrong_shapes(det, square, parse_caption(CAPTION))
     assert found["asked"] == "square" and found["found"] == "circle"
     assert 0.66 < found["fill"] < 0.93 and found["box"][2] - found["box"][0] == 14
-    assert script.wrong_shapes(det, parse_caption(CAPTION).objects[1]) == []
+    assert script.wrong_shapes(det, parse_caption(CAPTION).objects[1], parse_caption(CAPTION)) == []
+
+
+def test_another_asked_object_of_the_same_colour_is_not_a_wrong_shape():
+    script = load_bench_script("bench_persistence")
+    req = parse_caption("a red square and a red cross")
+    scene = Scene("white", (SceneObject("red", "cross", Box(40, 24, 14)),), req)
+    det = detect_batch(render(scene)[None])[0]
+    assert script.failed_objects(det, req) == [req.objects[0]]  # the square is missing, the cross is there
+    assert script.wrong_shapes(det, req.objects[0], req) == []
+    assert script.failing_frames([det], req) == {0: ["missing"]}

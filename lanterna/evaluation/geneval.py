@@ -19,10 +19,9 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from lanterna.world.captions import caption_of
 from lanterna.world.judge import Verdict, judge_batch, judge_video_detections
 from lanterna.world.oracle import as_array_batch, detect_batch
-from lanterna.world.sampling import IMAGE_TASKS, VIDEO_TASKS, sample_requirements
+from lanterna.world.sampling import IMAGE_TASKS, VIDEO_TASKS, distinct_captions
 from lanterna.world.spec import Requirements
 
 TASKS: tuple[str, ...] = IMAGE_TASKS
@@ -51,11 +50,8 @@ def task_prompts(task: str) -> tuple[Prompt, ...]:
     if task not in tasks:
         raise ValueError(f"unknown task {task!r}; tasks: {', '.join(tasks)}")
     rng = np.random.default_rng([PROMPT_SEED, tasks.index(task)])
-    seen: dict[str, Requirements] = {}
-    while len(seen) < MAX_PROMPTS:
-        req = sample_requirements(rng, task)
-        seen.setdefault(caption_of(req, rng), req)
-    return tuple(Prompt(task, i, text, req) for i, (text, req) in enumerate(seen.items()))
+    drawn = distinct_captions(rng, task, MAX_PROMPTS)
+    return tuple(Prompt(task, i, text, req) for i, (text, req) in enumerate(drawn.items()))
 
 
 def prompt_set(task: str, n: int = 50) -> list[Prompt]:

@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from lanterna.evaluation import geneval
-from lanterna.world.captions import caption_of
-from lanterna.world.sampling import sample_requirements
+from lanterna.world.sampling import distinct_captions
 from lanterna.world.spec import Requirements
 
 log = logging.getLogger("lanterna.training")
@@ -83,17 +82,8 @@ def benchmark_captions() -> set[str]:
 def training_prompts(per_task: int, seed: int = CANDIDATE_SEED) -> list[tuple[str, Requirements]]:
     """`per_task` distinct captions of each candidate task, none of them a benchmark prompt."""
     excluded = benchmark_captions()
-    prompts: list[tuple[str, Requirements]] = []
-    for index, task in enumerate(CANDIDATE_TASKS):
-        rng = np.random.default_rng([seed, index])
-        seen: dict[str, Requirements] = {}
-        while len(seen) < per_task:
-            req = sample_requirements(rng, task)
-            text = caption_of(req, rng)
-            if text not in excluded:
-                seen.setdefault(text, req)
-        prompts.extend(seen.items())
-    return prompts
+    return [pair for index, task in enumerate(CANDIDATE_TASKS)
+            for pair in distinct_captions(np.random.default_rng([seed, index]), task, per_task, excluded).items()]
 
 
 def generate(engine, prompts: list[tuple[str, Requirements]], k: int, backend: str = "torch",

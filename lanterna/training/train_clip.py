@@ -14,6 +14,8 @@ default 1). Every tenth caption is held out; the evaluation reports best-of-4 on
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -99,11 +101,11 @@ def rerank_accuracy(model: ShapesCLIP, tokenizer: ShapesTokenizer, candidates: C
             "groups": len(first)}
 
 
-def load_candidates(recipe: Recipe) -> CandidateSet | None:
-    paths = recipe.extra.get("candidates")
+def load_candidates(paths) -> CandidateSet | None:
+    """The candidate files (one path or several) as one set; None for none."""
     if not paths:
         return None
-    paths = [paths] if isinstance(paths, str) else list(paths)
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     return CandidateSet.concatenate([CandidateSet.load(p) for p in paths])
 
 
@@ -172,7 +174,7 @@ def train(run_dir: str, recipe: Recipe, max_steps: int | None, max_minutes: floa
     tokenizer = ShapesTokenizer()
     trainable = Trainable(model, make_optimizer(model, recipe))
     run = Run(run_dir)
-    candidates = load_candidates(recipe)
+    candidates = load_candidates(recipe.extra.get("candidates"))
     if candidates is not None:
         train_groups, held_out = split_groups(candidates)
         if not len(train_groups):

@@ -127,6 +127,19 @@ def sample_requirements(rng: np.random.Generator, task: str) -> Requirements:
     raise ValueError(f"unknown task {task!r}; tasks: {', '.join(IMAGE_TASKS + ('place', 'motion'))}")
 
 
+def distinct_captions(rng: np.random.Generator, task: str, n: int,
+                      excluded: frozenset[str] | set[str] = frozenset()) -> dict[str, Requirements]:
+    """n different captions of `task` (none in `excluded`), each with what it asks for, in the
+    order drawn."""
+    seen: dict[str, Requirements] = {}
+    while len(seen) < n:
+        req = sample_requirements(rng, task)
+        text = caption_of(req, rng)
+        if text not in excluded:
+            seen.setdefault(text, req)
+    return seen
+
+
 def sample_scene(rng: np.random.Generator, task: str, canvas: Canvas | None = None) -> Scene:
     return layout(rng, sample_requirements(rng, task), canvas, task=task)
 
