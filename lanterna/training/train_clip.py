@@ -101,7 +101,7 @@ def rerank_accuracy(model: ShapesCLIP, tokenizer: ShapesTokenizer, candidates: C
             "groups": len(first)}
 
 
-def load_candidates(paths) -> CandidateSet | None:
+def load_candidates(paths: str | Path | list[str | Path] | None) -> CandidateSet | None:
     """The candidate files (one path or several) as one set; None for none."""
     if not paths:
         return None
